@@ -1,0 +1,3 @@
+"""allmende: edge IoT for a city's LoRaWAN sensor network."""
+
+__version__ = "0.1.0"
