@@ -28,7 +28,7 @@ class ConfigError(ValueError):
     """The config is unusable; `field` names the offending entry."""
 
     def __init__(self, field, problem):
-        ValueError.__init__(self, "config field %r: %s" % (field, problem))
+        super().__init__("config field %r: %s" % (field, problem))
         self.field = field
 
 

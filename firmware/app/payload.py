@@ -154,6 +154,8 @@ def decode(fport, data):
                 raise PayloadError("FPort %d (%s): flag for %s set but payload ends" % (fport, kind, field[0]))
             out[field[0]] = _from_wire(field, struct.unpack_from(code, data, size)[0])
             size += struct.calcsize(code)
+        else:
+            out[field[0]] = None
     for flag, _ in FLAG_NAMES:
         known |= flag
     if flags & ~known & 0xFF:
