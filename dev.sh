@@ -25,7 +25,9 @@ system_tools() {
     command -v apt-get >/dev/null 2>&1 || { say "no apt-get: install mosquitto yourself"; return 0; }
     # mosquitto: the real broker for tests and the demo (the daemon is started per test, on a
     # free port; we never rely on the distribution's service).
-    apt_install mosquitto python3-venv
+    # postgresql: the fleet suite runs on SQLite and on a throwaway PostgreSQL cluster that
+    # the tests start themselves (initdb/pg_ctl on a free port), never the system service.
+    apt_install mosquitto python3-venv postgresql
 }
 
 venv() {

@@ -1,0 +1,88 @@
+"""The fleet's web application: `create_app(settings)` builds it, `allmende fleet serve` runs it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import sqlalchemy as sa
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlmodel import Session
+
+from . import provisioning
+from .api.routes import admin, devices, events, gateways, readings, sites
+from .db import make_engine, migrate
+from .provisioning import ProvisioningError
+from .security import KeyDecryptionError, KeyVault
+from .settings import FleetSettings
+
+API_PREFIX = "/api/v1"
+
+
+def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | None = None,
+               run_migrations: bool = True) -> FastAPI:
+    """The API over one database; migrates it to the newest schema and, when the settings carry
+    an admin token, makes sure it works."""
+    settings = settings or FleetSettings()
+    engine = engine or make_engine(settings.database_url)
+    if run_migrations:
+        migrate(engine)
+    if settings.admin_token:
+        with Session(engine) as session:
+            provisioning.ensure_admin_token(session, settings.admin_token)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+
+    app = FastAPI(title="allmende fleet", version="0.1.0", lifespan=lifespan,
+                  description="Registry, provisioning, telemetry and alerts of a city's "
+                              "LoRaWAN sensor fleet.")
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.vault = KeyVault(settings.secret_key)
+
+    api = APIRouter(prefix=API_PREFIX)
+    for module in (devices, gateways, sites, readings, events, admin):
+        api.include_router(module.router)
+    app.include_router(api)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+        return {"status": "ok", "database": engine.dialect.name}
+
+    _install_error_handlers(app)
+    return app
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"detail": detail})
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ProvisioningError)
+    async def _provisioning(_req: Request, exc: ProvisioningError) -> JSONResponse:
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(sa.exc.IntegrityError)
+    async def _integrity(_req: Request, exc: sa.exc.IntegrityError) -> JSONResponse:
+        return _error(409, "the change conflicts with existing data (duplicate or dangling "
+                           "reference)")
+
+    @app.exception_handler(sa.exc.DataError)
+    async def _data(_req: Request, exc: sa.exc.DataError) -> JSONResponse:
+        # e.g. a NUL byte or an out-of-range number that validation let through.
+        return _error(422, "a value cannot be stored (out of range or invalid characters)")
+
+    @app.exception_handler(OverflowError)
+    async def _overflow(_req: Request, exc: OverflowError) -> JSONResponse:
+        return _error(422, f"a value is out of range: {exc}")
+
+    @app.exception_handler(KeyDecryptionError)
+    async def _keys(_req: Request, exc: KeyDecryptionError) -> JSONResponse:
+        return _error(503, str(exc))
+
+

@@ -1,0 +1,366 @@
+"""Ingest: the gateways' `up` batches from MQTT into the database, once per reading key.
+
+Several workers share one subscription (`$share/<group>/allmende/gw/+/up`) and split the load.
+A message is acknowledged to the broker only after its readings are committed, so a worker
+that dies mid-batch loses nothing: the broker hands the message out again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import aiomqtt
+import sqlalchemy as sa
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from sqlmodel import Session, col, select
+
+from .db import make_engine
+from .models import Counter, Device, DeviceState, Event, Gateway, OutboxItem, Reading, utcnow
+from .settings import FleetSettings
+
+log = logging.getLogger(__name__)
+
+TOPIC_ROOT = "allmende/gw"
+
+
+class ReadingIn(BaseModel):
+    """One normalized reading exactly as docs/internals.md defines it."""
+
+    key: str = Field(min_length=1, max_length=200)
+    device: str = Field(min_length=1, max_length=16)
+    kind: str = Field(max_length=40)
+    quantity: str = Field(min_length=1, max_length=40)
+    value: float
+    unit: str = Field(max_length=40)
+    time: datetime
+    fcnt: int = Field(ge=0, le=2**32 - 1)
+    session: str = Field(max_length=80)
+    gateway: str = Field(max_length=63)
+    rssi: float | None = None
+    snr: float | None = None
+    flags: list[str] = Field(default_factory=list, max_length=32)
+    fw: str | None = Field(default=None, max_length=40)
+
+    @field_validator("device")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        return v.upper()
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("value must be finite")
+        return v
+
+    @field_validator("time")
+    @classmethod
+    def _aware(cls, v: datetime) -> datetime:
+        if v.tzinfo is None:
+            raise ValueError("time must carry its zone (UTC, ...Z)")
+        return v
+
+
+@dataclass
+class BatchResult:
+    """What became of the readings of one or more messages."""
+
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0  # unknown or decommissioned device
+    invalid: int = 0  # not a reading of the contract, or claims another gateway
+    new_readings: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, other: BatchResult) -> None:
+        self.stored += other.stored
+        self.duplicates += other.duplicates
+        self.rejected += other.rejected
+        self.invalid += other.invalid
+
+
+def gateway_of(topic: str) -> str | None:
+    parts = topic.split("/")
+    return parts[2] if len(parts) == 4 and f"{parts[0]}/{parts[1]}" == TOPIC_ROOT else None
+
+
+def parse_up(topic_gateway: str, payload: bytes) -> tuple[list[ReadingIn], int]:
+    """The valid readings of one `up` message and how many were invalid. Readings claiming
+    another gateway than the topic's (which the broker ACL vouches for) are invalid."""
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return [], 1
+    raw = body.get("readings") if isinstance(body, dict) else None
+    if not isinstance(raw, list) or body.get("gateway") != topic_gateway:
+        return [], max(1, len(raw) if isinstance(raw, list) else 1)
+    good: list[ReadingIn] = []
+    bad = 0
+    for item in raw:
+        try:
+            reading = ReadingIn.model_validate(item)
+        except ValidationError:
+            bad += 1
+            continue
+        if reading.gateway != topic_gateway:
+            bad += 1
+            continue
+        good.append(reading)
+    return good, bad
+
+
+def _dialect_insert(session: Session, table: Any) -> Any:
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
+
+
+def bump_counters(session: Session, values: dict[str, int]) -> None:
+    rows = [{"name": k, "value": v} for k, v in values.items() if v]
+    if not rows:
+        return
+    stmt = _dialect_insert(session, Counter)
+    stmt = stmt.on_conflict_do_update(index_elements=["name"],
+                                      set_={"value": Counter.value + stmt.excluded.value})
+    session.execute(stmt, rows)
+
+
+def _open_event(session: Session, *, kind: str, device: str | None = None,
+                gateway: str | None = None, message: str, severity: str = "warning") -> None:
+    found = session.exec(select(Event).where(Event.kind == kind, Event.device == device,
+                                             Event.gateway == gateway,
+                                             col(Event.active).is_(True))).first()
+    if found is None:
+        session.add(Event(kind=kind, device=device, gateway=gateway, message=message,
+                          severity=severity))
+
+
+def _close_events(session: Session, *, kinds: Iterable[str], device: str | None = None,
+                  gateway: str | None = None) -> None:
+    session.execute(sa.update(Event).where(col(Event.kind).in_(list(kinds)),
+                                           Event.device == device, Event.gateway == gateway,
+                                           col(Event.active).is_(True))
+                    .values(active=False, resolved_at=utcnow()))
+
+
+class ReadingStore:
+    """Stores batches of readings idempotently and keeps the devices' live state current."""
+
+    def __init__(self, engine: sa.Engine, settings: FleetSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.targets = ["sensorthings"] if settings.sensorthings_url else []
+
+    def store(self, readings: Sequence[ReadingIn], *, invalid: int = 0) -> BatchResult:
+        result = BatchResult(invalid=invalid)
+        unique: dict[str, ReadingIn] = {}
+        for r in readings:
+            if r.key in unique:
+                result.duplicates += 1
+            else:
+                unique[r.key] = r
+        with Session(self.engine) as session:
+            devices = {d.dev_eui: d for d in session.exec(
+                select(Device).where(col(Device.dev_eui).in_({r.device for r in unique.values()})))}
+            accepted = []
+            for r in unique.values():
+                device = devices.get(r.device)
+                if device is None or device.state == DeviceState.decommissioned:
+                    result.rejected += 1
+                else:
+                    accepted.append(r)
+            if accepted:
+                rows = [r.model_dump() for r in accepted]
+                stmt = _dialect_insert(session, Reading).values(rows)
+                stmt = stmt.on_conflict_do_nothing(index_elements=["key"]).returning(
+                    col(Reading.id), col(Reading.key))
+                inserted = {key: rid for rid, key in session.execute(stmt)}
+                result.stored = len(inserted)
+                result.duplicates += len(accepted) - len(inserted)
+                new = [r for r in accepted if r.key in inserted]
+                if new and self.targets:
+                    session.execute(sa.insert(OutboxItem), [
+                        {"target": t, "reading_id": inserted[r.key], "status": "pending",
+                         "attempts": 0, "next_attempt": utcnow()}
+                        for r in new for t in self.targets])
+                self._update_devices(session, devices, new)
+                result.new_readings = [r.model_dump(mode="json") for r in new]
+            bump_counters(session, {"readings_stored": result.stored,
+                                    "readings_duplicate": result.duplicates,
+                                    "readings_rejected": result.rejected,
+                                    "readings_invalid": result.invalid})
+            session.commit()
+        return result
+
+    def _update_devices(self, session: Session, devices: dict[str, Device],
+                        new: Sequence[ReadingIn]) -> None:
+        latest: dict[str, ReadingIn] = {}
+        for r in new:
+            if r.device not in latest or r.time > latest[r.device].time:
+                latest[r.device] = r
+            if r.quantity.lower() == "battery":
+                device = devices[r.device]
+                device.battery = r.value
+                if r.value < self.settings.low_battery_v:
+                    _open_event(session, kind="low_battery", device=r.device,
+                                message=f"battery at {r.value} {r.unit}")
+                else:
+                    _close_events(session, kinds=["low_battery"], device=r.device)
+            if r.flags:
+                _open_event(session, kind="sensor_fault", device=r.device,
+                            message=f"{r.quantity}: {', '.join(r.flags)}")
+        for dev_eui, r in latest.items():
+            device = devices[dev_eui]
+            if device.last_seen is None or r.time >= device.last_seen:
+                device.last_seen = r.time
+                device.rssi, device.snr = r.rssi, r.snr
+                if r.fw:
+                    device.firmware_version = r.fw
+                if not any(x.device == dev_eui and x.flags for x in new):
+                    _close_events(session, kinds=["sensor_fault"], device=dev_eui)
+            if device.state == DeviceState.provisioned:
+                device.state = DeviceState.active
+            _close_events(session, kinds=["device_offline"], device=dev_eui)
+            session.add(device)
+
+    def gateway_status(self, gateway_id: str, payload: bytes) -> None:
+        """A gateway's retained status (its last will says offline)."""
+        try:
+            body = json.loads(payload)
+            state = body["state"]
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+            return
+        if state not in ("online", "offline"):
+            return
+        with Session(self.engine) as session:
+            gateway = session.get(Gateway, gateway_id)
+            if gateway is None:
+                return
+            gateway.state = state
+            if state == "online":
+                gateway.last_seen = utcnow()
+                _close_events(session, kinds=["gateway_offline"], gateway=gateway_id)
+            else:
+                _open_event(session, kind="gateway_offline", gateway=gateway_id,
+                            message=f"gateway {gateway_id} went offline", severity="critical")
+            session.add(gateway)
+            session.commit()
+
+    def gateway_stats(self, gateway_id: str, payload: bytes) -> None:
+        try:
+            body = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return
+        if not isinstance(body, dict):
+            return
+        with Session(self.engine) as session:
+            gateway = session.get(Gateway, gateway_id)
+            if gateway is not None:
+                gateway.stats = body
+                gateway.last_seen = utcnow()
+                session.add(gateway)
+                session.commit()
+
+
+class IngestWorker:
+    """One MQTT consumer in the shared-subscription group; start several to split the load.
+
+    `await worker.run()` runs until cancelled; `ready` is set once it is subscribed.
+    """
+
+    def __init__(self, settings: FleetSettings, *, engine: sa.Engine | None = None,
+                 client_id: str | None = None) -> None:
+        self.settings = settings
+        self.store = ReadingStore(engine or make_engine(settings.database_url), settings)
+        self.client_id = client_id
+        self.totals = BatchResult()
+        self.messages = 0
+        self.ready = asyncio.Event()
+
+    @property
+    def up_filter(self) -> str:
+        return f"$share/{self.settings.ingest_group}/{TOPIC_ROOT}/+/up"
+
+    async def run(self) -> None:
+        """Consume until cancelled, reconnecting when the broker goes away."""
+        delay = 0.5
+        while True:
+            try:
+                await self._run_once()
+            except aiomqtt.MqttError as exc:
+                self.ready.clear()
+                log.warning("ingest lost the broker (%s); reconnecting in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+
+    async def _run_once(self) -> None:
+        s = self.settings
+        client = aiomqtt.Client(s.mqtt_host, s.mqtt_port, username=s.mqtt_username,
+                                password=s.mqtt_password, identifier=self.client_id,
+                                protocol=aiomqtt.ProtocolVersion.V5, max_queued_incoming_messages=0)
+        # Acknowledge only after the commit (aiomqtt has no switch for it; paho has).
+        client._client.manual_ack_set(True)  # noqa: SLF001
+        async with client:
+            await client.subscribe(self.up_filter, qos=1)
+            # Status is retained, and the broker hands retained messages only to plain
+            # subscriptions: every worker keeps gateway state (idempotent).
+            await client.subscribe(f"{TOPIC_ROOT}/+/status", qos=1)
+            await client.subscribe(f"$share/{s.ingest_group}/{TOPIC_ROOT}/+/stats", qos=0)
+            self.ready.set()
+            messages = client.messages
+            batch: list[aiomqtt.Message] = []
+            async for message in messages:
+                batch.append(message)
+                # Drain what is already queued into one transaction, without waiting.
+                while len(messages) and len(batch) < s.ingest_batch_size:
+                    batch.append(await anext(messages))
+                await self._handle(client, batch)
+                batch = []
+
+    async def _handle(self, client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> None:
+        readings: list[ReadingIn] = []
+        invalid = 0
+        for message in batch:
+            topic = message.topic.value
+            gateway_id = gateway_of(topic)
+            if gateway_id is None:
+                continue
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            if topic.endswith("/up"):
+                good, bad = parse_up(gateway_id, payload)
+                readings.extend(good)
+                invalid += bad
+            elif topic.endswith("/status"):
+                await asyncio.to_thread(self.store.gateway_status, gateway_id, payload)
+            elif topic.endswith("/stats"):
+                await asyncio.to_thread(self.store.gateway_stats, gateway_id, payload)
+        if readings or invalid:
+            result = await self._store_with_retry(readings, invalid)
+            self.totals.add(result)
+            if result.new_readings and self.settings.readings_topic:
+                await client.publish(self.settings.readings_topic,
+                                     json.dumps({"readings": result.new_readings}), qos=1)
+        for message in batch:
+            if message.qos > 0:
+                client._client.ack(message.mid, message.qos)  # noqa: SLF001
+        self.messages += len(batch)
+
+    async def _store_with_retry(self, readings: list[ReadingIn], invalid: int) -> BatchResult:
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(self.store.store, readings, invalid=invalid)
+            except sa.exc.OperationalError as exc:
+                # Database away: hold the batch (unacknowledged) and try again.
+                log.warning("storing %d readings failed, retrying in %.1fs: %s",
+                            len(readings), delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)

@@ -1,0 +1,41 @@
+"""The fleet's one settings object, read from ALLMENDE_* environment variables."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class FleetSettings(BaseSettings):
+    """Everything the fleet service can be told; defaults run on one machine with no setup."""
+
+    model_config = SettingsConfigDict(env_prefix="ALLMENDE_", extra="ignore")
+
+    # SQLite by default (no setup); PostgreSQL via postgresql+psycopg://user:pw@host/db.
+    database_url: str = "sqlite:///allmende-fleet.db"
+    # Key that encrypts device AppKeys at rest: any string; a 256-bit AES key is derived
+    # from it. Losing it makes every stored AppKey unreadable.
+    secret_key: str = Field(default="change-me-allmende-dev-secret", min_length=8)
+    # An admin token created on start when set, so a fresh install can be used at once.
+    admin_token: str | None = None
+
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    # Workers in one group split the gateways' uploads through a shared subscription.
+    ingest_group: str = "fleet"
+    ingest_batch_size: int = 500
+    # Where the fleet publishes normalized readings for other consumers.
+    readings_topic: str = "allmende/readings"
+
+    # Monitoring: a device is offline after this many missed uplink intervals.
+    uplink_interval_s: int = 300
+    offline_after_missed: int = 3
+    low_battery_v: float = 3.4
+
+    # SensorThings forwarding: base URL up to and including the version, e.g.
+    # http://host:8000/v1.1 ; empty disables that target.
+    sensorthings_url: str | None = None
+    sensorthings_batch_size: int = 100
+    forward_max_attempts: int = 8
