@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from allmende.fleet.app import create_app
+from allmende.fleet.db import make_engine, migrate
+from allmende.fleet.models import Role
+from allmende.fleet.provisioning import create_user
+from allmende.fleet.settings import FleetSettings
 from fastapi.testclient import TestClient
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-
-from allmende.fleet.app import create_app  # noqa: E402
-from allmende.fleet.db import make_engine  # noqa: E402
-from allmende.fleet.models import Role  # noqa: E402
-from allmende.fleet.provisioning import create_user  # noqa: E402
-from allmende.fleet.settings import FleetSettings  # noqa: E402
-from services import Broker, Postgres, run_mosquitto, run_postgres  # noqa: E402
+from tests.fixtures.services import Broker, Postgres, run_mosquitto, run_postgres
 
 ADMIN_TOKEN = "alm_test-admin-token"
 _db_numbers = itertools.count()
@@ -57,6 +54,7 @@ def settings(database_url: str) -> FleetSettings:
 @pytest.fixture
 def engine(settings: FleetSettings) -> Iterator[sa.Engine]:
     engine = make_engine(settings.database_url)
+    migrate(engine)
     yield engine
     engine.dispose()
 
