@@ -4,6 +4,7 @@ radio, RTC memory) and an independent network side in CPython (`cryptography`)."
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -82,7 +83,8 @@ class Radio:
         self.clock.now += (region.time_on_air_us(len(data), sf, bw) + 999) // 1000
 
     def receive(self, freq, sf, bw, timeout_ms):
-        self.windows.append([freq, sf, bw, timeout_ms, self.clock.now])
+        if self.windows is not None:  # None: long runs keep no log of windows
+            self.windows.append([freq, sf, bw, timeout_ms, self.clock.now])
         reply = self.replies.pop(0) if self.replies else None
         if callable(reply):
             reply = reply(self)
@@ -171,6 +173,14 @@ class Network:
             bytes([0x49, 0, 0, 0, 0, direction]) + dev_addr + struct.pack("<IBB", fcnt, 0, len(msg))
         )
         return cmac(key, b0 + msg)[:4]
+
+    @staticmethod
+    def airtime_ms(phy_len: int, sf: int, bw_khz: int = 125) -> int:
+        """Time on air (Semtech AN1200.13, CR 4/5, 8 symbol preamble, CRC), whole ms up."""
+        t_sym = 2**sf / bw_khz
+        de = 1 if t_sym > 16 else 0
+        n = math.ceil((8 * phy_len - 4 * sf + 28 + 16) / (4 * (sf - 2 * de)))
+        return math.ceil((8 + 4.25 + 8 + max(n, 0) * 5) * t_sym - 1e-9)
 
     @staticmethod
     def join_request(phy: bytes, app_key: bytes) -> tuple[bytes, bytes, int]:
