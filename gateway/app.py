@@ -1,0 +1,369 @@
+"""The gateway daemon: wires ingress, network server, outbox and forwarder on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import deque
+from typing import Any
+
+from . import network as net
+from .config import GatewayConfig
+from .devices import DeviceFile, DeviceListError
+from .downlink import DownlinkScheduler
+from .forwarder import Forwarder
+from .metrics import Metrics
+from .outbox import Outbox, OutboxError
+from .readings import PayloadError, TimeFormatter, record
+from .store import Backpressure, Store
+from .udp import GwmpServer
+
+log = logging.getLogger("allmende.gateway")
+
+
+class StartupError(Exception):
+    """The gateway cannot start (bad device file, unusable outbox, port in use); the message
+    says what to fix."""
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.network = net.NetworkServer(config.network)
+        self.scheduler = DownlinkScheduler(config.network, self.metrics)
+        self.outbox = Outbox(
+            config.outbox_path,
+            max_readings=config.outbox.max_readings,
+            synchronous=config.outbox.synchronous,
+            max_db_pages=config.outbox.max_db_pages,
+        )
+        self.store = Store(
+            self.outbox,
+            self.metrics,
+            commit_interval_s=config.outbox.commit_interval_ms / 1000.0,
+            max_pending_readings=config.outbox.max_pending_readings,
+            take_state=self.network.take_changes,
+        )
+        self.device_file = DeviceFile(config.devices_file)
+        self.forwarder: Forwarder | None = None
+        self.udp: GwmpServer | None = None
+        self.serial_modems: list[Any] = []
+        self._time = TimeFormatter()
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: Any = None
+        self._rate_window: deque[tuple[float, int]] = deque()
+        self.started = time.time()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            sessions, nonces = await self.store.open()
+        except OutboxError as exc:
+            raise StartupError(f"cannot open the outbox {self.config.outbox_path}: {exc}") from None
+        self.network.restore([net.Session.from_snapshot(row) for row in sessions], nonces)
+        try:
+            self._install_devices(self.device_file.load())
+        except DeviceListError as exc:
+            raise StartupError(f"device list: {exc}") from None
+        log.info(
+            "outbox_opened",
+            extra={
+                "fields": {
+                    "path": str(self.config.outbox_path),
+                    "readings": self.outbox.depth_readings,
+                    "sessions": len(sessions),
+                }
+            },
+        )
+        if self.config.metrics.listen:
+            try:
+                self._http = self.metrics.serve(self.config.metrics.listen)
+            except OSError as exc:
+                raise StartupError(
+                    f"metrics listen {self.config.metrics.listen}: {exc.strerror}"
+                ) from None
+        self._tasks.append(asyncio.create_task(self.store.run(), name="outbox"))
+        if self.config.udp is not None:
+            server = self.udp = GwmpServer(
+                on_reception=self.on_reception,
+                metrics=self.metrics,
+                scheduler=self.scheduler,
+                max_datagram=self.config.udp.max_datagram,
+            )
+            try:
+                await loop.create_datagram_endpoint(
+                    lambda: server, local_addr=(self.config.udp.host, self.config.udp.port)
+                )
+            except OSError as exc:
+                raise StartupError(f"udp listen {self.config.udp.listen}: {exc.strerror}") from None
+            log.info("udp_listening", extra={"fields": {"listen": self.config.udp.listen}})
+        for serial_config in self.config.serial:
+            from .serial_modem import SerialModem
+
+            modem = SerialModem(
+                serial_config,
+                on_reception=self.on_reception,
+                scheduler=self.scheduler,
+                metrics=self.metrics,
+            )
+            modem.start(loop)
+            self.serial_modems.append(modem)
+        if self.config.mqtt is not None:
+            self.forwarder = Forwarder(
+                self.config.mqtt,
+                gateway_id=self.config.gateway_id,
+                store=self.store,
+                metrics=self.metrics,
+                on_down=self.on_down,
+                stats=self.stats,
+            )
+            self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+
+    async def run(self) -> None:
+        """Runs until SIGTERM/SIGINT (SIGHUP reloads the device list)."""
+        loop = asyncio.get_running_loop()
+        try:
+            await self.start()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._stop.set)
+            loop.add_signal_handler(signal.SIGHUP, lambda: self.reload_devices("sighup"))
+            log.info("gateway_started", extra={"fields": {"gateway": self.config.gateway_id}})
+            await self._stop.wait()
+        finally:
+            await self.shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def shutdown(self) -> None:
+        log.info(
+            "gateway_stopping",
+            extra={"fields": {"uncommitted_readings": self.store.uncommitted_readings}},
+        )
+        if self.udp is not None and self.udp.transport is not None:
+            self.udp.transport.close()
+        for modem in self.serial_modems:
+            modem.stop()
+        if self.forwarder is not None:
+            await self.forwarder.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.store.close()
+        if self._http is not None:
+            self._http.shutdown()
+        log.info(
+            "gateway_stopped", extra={"fields": {"outbox_readings": self.outbox.depth_readings}}
+        )
+
+    # --- devices ---------------------------------------------------------------------------
+
+    def _install_devices(self, devices: dict[bytes, Any]) -> None:
+        self.network.set_devices(devices)
+        self.metrics.devices.set(len(devices))
+        otaa = sum(1 for d in devices.values() if d.otaa)
+        log.info(
+            "devices_loaded",
+            extra={
+                "fields": {
+                    "devices": len(devices),
+                    "otaa": otaa,
+                    "abp": len(devices) - otaa,
+                    "file": str(self.device_file.path),
+                }
+            },
+        )
+        self.store.wake()
+
+    def reload_devices(self, why: str) -> bool:
+        """Re-reads the device file; on error keeps the current list (and says why)."""
+        try:
+            devices = self.device_file.load()
+        except DeviceListError as exc:
+            self.metrics.device_reload_errors.inc()
+            log.error(
+                "devices_reload_failed",
+                extra={
+                    "fields": {
+                        "error": str(exc),
+                        "trigger": why,
+                        "action": "keeping the previous list",
+                    }
+                },
+            )
+            return False
+        self._install_devices(devices)
+        return True
+
+    # --- the hot path ----------------------------------------------------------------------
+
+    def on_reception(self, rec: net.Reception) -> None:
+        """One frame from any ingress: check, decode, queue for commit, maybe answer."""
+        try:
+            uplink, new = self.network.handle(rec)
+        except net.Reject as reject:
+            self.metrics.reject(reject.reason)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "frame_rejected",
+                    extra={
+                        "fields": {
+                            "reason": reject.reason,
+                            "detail": reject.detail,
+                            "dev": reject.dev,
+                            "via": rec.transmitter,
+                        }
+                    },
+                )
+            return
+        if not new:
+            self.metrics.duplicates.inc()
+            return
+        kind = uplink.kind
+        if kind == "data":
+            self.metrics.inc(self.metrics.uplinks, "data", rec.path)
+            if uplink.fport and uplink.payload:
+                self._store_readings(uplink, rec)
+        elif kind == "join":
+            self.metrics.inc(self.metrics.uplinks, "join", rec.path)
+            self.metrics.joins.inc()
+            log.info(
+                "join_accepted",
+                extra={
+                    "fields": {
+                        "device": uplink.device.dev_eui_hex,
+                        "dev_addr": f"{uplink.session.dev_addr:08x}",
+                    }
+                },
+            )
+            self.store.wake()
+        if uplink.wants_downlink:
+            delay = self.config.network.downlink_collect_ms / 1000.0
+            asyncio.get_running_loop().call_later(delay, self._answer, uplink)
+
+    def _store_readings(self, uplink: net.Uplink, rec: net.Reception) -> None:
+        device = uplink.device
+        assert uplink.fport is not None
+        try:
+            body, n = record(
+                dev_eui=device.dev_eui_hex,
+                session=uplink.session.session_id,
+                fcnt=uplink.fcnt,
+                fport=uplink.fport,
+                data=uplink.payload,
+                time_iso=self._time(rec.received_at),
+                rssi=rec.rx.rssi,
+                snr=rec.rx.snr,
+                fw=device.fw,
+            )
+        except PayloadError as exc:
+            self.metrics.reject("payload")
+            log.info(
+                "payload_rejected",
+                extra={
+                    "fields": {
+                        "device": device.dev_eui_hex,
+                        "fcnt": uplink.fcnt,
+                        "fport": uplink.fport,
+                        "error": str(exc),
+                    }
+                },
+            )
+            return
+        if n == 0:
+            return
+        try:
+            self.store.add(rec.received_at, n, body)
+        except Backpressure:
+            self.metrics.reject("outbox_unavailable")
+
+    def _answer(self, uplink: net.Uplink) -> None:
+        phy = self.network.build_downlink(uplink)
+        if phy is not None:
+            self.scheduler.schedule(phy, uplink)
+            self.store.wake()
+
+    # --- fleet -> gateway ------------------------------------------------------------------
+
+    def on_down(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "reload_devices":
+            self.reload_devices("mqtt")
+        elif kind == "downlink":
+            try:
+                dev_eui = bytes.fromhex(str(message["device"]))
+                data = bytes.fromhex(str(message.get("data", "")))
+                item = net.QueuedDownlink(
+                    fport=int(message["fport"]),
+                    data=data,
+                    confirmed=bool(message.get("confirmed", False)),
+                    ref=str(message["id"]) if "id" in message else None,
+                )
+                self.network.queue_downlink(dev_eui, item)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.warning(
+                    "downlink_refused",
+                    extra={"fields": {"error": str(exc), "ref": message.get("id")}},
+                )
+                return
+            log.info(
+                "downlink_queued", extra={"fields": {"device": dev_eui.hex(), "ref": item.ref}}
+            )
+        else:
+            log.warning("down_message_unknown", extra={"fields": {"type": str(kind)[:40]}})
+
+    # --- housekeeping ----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "gateway": self.config.gateway_id,
+            "time": self._time(now),
+            "uptime_s": round(now - self.started, 1),
+            "outbox": {
+                "readings": self.outbox.depth_readings,
+                "oldest_age_s": round(self.store.oldest_age(now), 3),
+                "uncommitted": self.store.uncommitted_readings,
+            },
+            "forwarders": dict(self.udp.last_stats) if self.udp else {},
+        }
+
+    async def _housekeeping(self) -> None:
+        next_device_check = time.monotonic() + self.config.devices_reload_s
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            self.metrics.outbox_oldest_age.set(self.store.oldest_age(now))
+            self.metrics.outbox_depth.set(self.outbox.depth_readings)
+            forwarded = self.forwarder.forwarded_total if self.forwarder else 0
+            self._rate_window.append((now, forwarded))
+            while len(self._rate_window) > 11:
+                self._rate_window.popleft()
+            t0, n0 = self._rate_window[0]
+            if now > t0:
+                self.metrics.forward_rate.set((forwarded - n0) / (now - t0))
+            if self.config.devices_reload_s > 0 and time.monotonic() >= next_device_check:
+                next_device_check = time.monotonic() + self.config.devices_reload_s
+                if self.device_file.changed():
+                    self.reload_devices("file_changed")
+
+
+def run(config: GatewayConfig) -> int:
+    gateway = Gateway(config)
+    try:
+        asyncio.run(gateway.run())
+    except StartupError as exc:
+        log.error("startup_failed", extra={"fields": {"error": str(exc)}})
+        return 1
+    return 0

@@ -1,0 +1,147 @@
+"""GWMP ingress: the UDP server packet forwarders (real or virtual) talk to.
+
+PUSH_DATA is acknowledged at once, before its frames are checked: the ACK says "datagram
+received", not "reading stored" (that is the outbox's commit). PULL_DATA records where the
+forwarder can be reached for downlinks; TX_ACK reports what became of a downlink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import gwmp
+from .downlink import DownlinkScheduler
+from .metrics import STAT_FIELDS, Metrics
+from .network import Reception
+
+log = logging.getLogger("allmende.gateway.udp")
+
+
+class ForwarderLink:
+    """The downlink route to one packet forwarder: the address of its last PULL_DATA."""
+
+    def __init__(self, server: GwmpServer, eui_hex: str) -> None:
+        self.server = server
+        self.name = eui_hex
+        self.addr: Any = None
+
+    def send(self, token: int, tx: gwmp.TxPacket) -> bool:
+        if self.addr is None or self.server.transport is None:
+            return False
+        txpk = gwmp.build_txpk(
+            tx.data,
+            freq_hz=tx.freq_hz,
+            sf=tx.sf,
+            bw_khz=tx.bw_khz,
+            tmst=tx.tmst,
+            power_dbm=tx.power_dbm,
+        )
+        self.server.transport.sendto(gwmp.pull_resp(token, txpk), self.addr)
+        return True
+
+
+class GwmpServer(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        *,
+        on_reception: Callable[[Reception], None],
+        metrics: Metrics,
+        scheduler: DownlinkScheduler,
+        max_datagram: int = gwmp.MAX_DATAGRAM_SIZE,
+    ) -> None:
+        self.on_reception = on_reception
+        self.metrics = metrics
+        self.scheduler = scheduler
+        self.max_datagram = max_datagram
+        self.transport: asyncio.DatagramTransport | None = None
+        self.links: dict[str, ForwarderLink] = {}
+        self._last_seen_update: dict[str, float] = {}
+        self.last_stats: dict[str, dict[str, Any]] = {}  # forwarder -> its last GWMP stat
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a forwarder that went away: nothing to do.
+        log.debug("udp_error", extra={"fields": {"error": str(exc)}})
+
+    def _link(self, eui: bytes) -> ForwarderLink:
+        name = eui.hex()
+        link = self.links.get(name)
+        if link is None:
+            link = self.links[name] = ForwarderLink(self, name)
+            self.scheduler.register(link)
+            log.info("forwarder_seen", extra={"fields": {"forwarder": name}})
+        return link
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        now = time.time()
+        metrics = self.metrics
+        try:
+            packet = gwmp.decode(data, max_size=self.max_datagram)
+        except gwmp.GwmpError as exc:
+            metrics.reject(exc.reason)
+            log.debug(
+                "datagram_rejected", extra={"fields": {"reason": exc.reason, "from": str(addr)}}
+            )
+            return
+        kind = packet.kind
+        metrics.inc(metrics.datagrams, gwmp.KIND_NAMES[kind])
+        if kind == gwmp.PUSH_DATA:
+            assert (
+                self.transport is not None
+                and packet.gateway_eui is not None
+                and packet.payload is not None
+            )
+            self.transport.sendto(gwmp.push_ack(packet.token), addr)
+            link = self._link(packet.gateway_eui)
+            self._seen(link.name, now)
+            rxpks = packet.payload.get("rxpk")
+            if rxpks is not None:
+                if not isinstance(rxpks, list):
+                    metrics.reject("bad_rxpk")
+                else:
+                    for obj in rxpks:
+                        try:
+                            rx = gwmp.parse_rxpk(obj)
+                        except gwmp.GwmpError as exc:
+                            metrics.reject(exc.reason)
+                            continue
+                        self.on_reception(Reception(rx.data, rx, link.name, now))
+            stat = packet.payload.get("stat")
+            if isinstance(stat, dict):
+                self._stat(link.name, stat)
+        elif kind == gwmp.PULL_DATA:
+            assert self.transport is not None and packet.gateway_eui is not None
+            link = self._link(packet.gateway_eui)
+            if link.addr != addr:
+                log.info(
+                    "forwarder_route", extra={"fields": {"forwarder": link.name, "addr": str(addr)}}
+                )
+            link.addr = addr
+            self._seen(link.name, now)
+            self.transport.sendto(gwmp.pull_ack(packet.token), addr)
+        elif kind == gwmp.TX_ACK:
+            assert packet.gateway_eui is not None
+            self.scheduler.on_tx_ack(
+                packet.gateway_eui.hex(), packet.token, gwmp.tx_ack_error(packet)
+            )
+        else:
+            # PUSH_ACK, PULL_ACK, PULL_RESP go from a server to a forwarder, never to us.
+            metrics.reject("unexpected_kind")
+
+    def _seen(self, name: str, now: float) -> None:
+        if now - self._last_seen_update.get(name, 0.0) >= 1.0:
+            self._last_seen_update[name] = now
+            self.metrics.forwarder_last_seen.labels(name).set(now)
+
+    def _stat(self, name: str, stat: dict[str, Any]) -> None:
+        for field in STAT_FIELDS:
+            value = stat.get(field)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                self.metrics.forwarder_stat.labels(name, field).set(value)
+        self.last_stats[name] = stat
