@@ -58,14 +58,18 @@ def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | Non
     return app
 
 
-def _error(status: int, detail: str) -> JSONResponse:
+def _error(status: int, detail: str, *, loc: tuple[str, ...] = ("body",)) -> JSONResponse:
+    if status == 422:
+        # The same shape as FastAPI's own validation errors, as the OpenAPI document says.
+        return JSONResponse(status_code=422, content={"detail": [
+            {"loc": list(loc), "msg": detail, "type": "value_error"}]})
     return JSONResponse(status_code=status, content={"detail": detail})
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProvisioningError)
     async def _provisioning(_req: Request, exc: ProvisioningError) -> JSONResponse:
-        return _error(exc.status, str(exc))
+        return _error(exc.status, str(exc), loc=("body", *exc.fields))
 
     @app.exception_handler(sa.exc.IntegrityError)
     async def _integrity(_req: Request, exc: sa.exc.IntegrityError) -> JSONResponse:

@@ -36,9 +36,10 @@ from .security import KeyVault, hash_token, mosquitto_password_hash, new_app_key
 class ProvisioningError(Exception):
     """A request that conflicts with the registry; `status` is the HTTP status to answer."""
 
-    def __init__(self, message: str, *, status: int = 409) -> None:
+    def __init__(self, message: str, *, status: int = 409, fields: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.status = status
+        self.fields = fields
 
 
 def dev_eui_from_mac(mac_hex: str) -> str:
@@ -59,9 +60,11 @@ def apply_changes(row: SQLModel, changes: dict[str, Any]) -> None:
 
 def check_refs(session: Session, *, site_id: int | None, gateway_id: str | None) -> None:
     if site_id is not None and session.get(Site, site_id) is None:
-        raise ProvisioningError(f"site {site_id} does not exist", status=422)
+        raise ProvisioningError(f"site {site_id} does not exist", status=422,
+                                fields=("site_id",))
     if gateway_id is not None and session.get(Gateway, gateway_id) is None:
-        raise ProvisioningError(f"gateway '{gateway_id}' does not exist", status=422)
+        raise ProvisioningError(f"gateway '{gateway_id}' does not exist", status=422,
+                                fields=("home_gateway_id",))
 
 
 def create_device(session: Session, vault: KeyVault, data: DeviceCreate, *,

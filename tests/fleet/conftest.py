@@ -93,3 +93,4 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     """A plain Mosquitto (anonymous allowed) for ingest tests."""
     with run_mosquitto(tmp_path / "mosquitto") as b:
         yield b
+

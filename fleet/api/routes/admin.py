@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, Query, status
 from sqlmodel import col, select
 
 from ... import audit, provisioning
@@ -35,8 +35,9 @@ def create_user(data: UserCreate, session: SessionDep, user: Admin) -> UserWithT
     """A staff or platform user and its API token (shown once). Gateway users come with their
     gateway (POST /gateways)."""
     if data.role == Role.gateway:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT,
-                            "gateway users are created with their gateway: POST /api/v1/gateways")
+        raise provisioning.ProvisioningError(
+            "gateway users are created with their gateway: POST /api/v1/gateways",
+            status=422, fields=("role",))
     created = provisioning.create_user(session, name=data.name, role=data.role, actor=user.name)
     session.commit()
     return created
