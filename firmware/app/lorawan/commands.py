@@ -19,7 +19,7 @@ _RX_TIMING_SETUP = const(0x08)
 # Payload length of each downlink command (network -> device), by CID; 0xFF = unknown.
 _DOWN_LEN = b"\xff\xff\x02\x04\x01\x04\x00\x05\x01"
 # Payload length of each uplink command (device -> network), by CID.
-_UP_LEN = b"\x00\x00\x00\x02\x00\x02\x03\x02\x00"
+_UP_LEN = b"\x00\x00\x00\x01\x00\x01\x02\x01\x00"
 
 BATTERY_UNKNOWN = const(255)
 

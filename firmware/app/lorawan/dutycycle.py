@@ -11,14 +11,18 @@ from lorawan import region, session
 from lorawan.errors import DutyCycleDeferred, NoChannel
 from micropython import const
 
-# Longest block a legal TX can cause (about 2.8 s at SF12 in the 0.1 % sub-band): a block
-# further ahead means the wall clock was set back, so it is dropped rather than obeyed.
-_MAX_BLOCK_MS = const(3000000)
+# Longest frame on air: 64 bytes at SF12 take 2.79 s. A block further ahead than such a
+# frame can cause means the wall clock was set back: it is dropped rather than obeyed.
+_MAX_AIRTIME_MS = const(2800)
 
 
 def _wait(s, slot, now):
     w = s.dc_until[slot] - now
-    if w > _MAX_BLOCK_MS:
+    if slot == session.DC_AGGREGATED:
+        longest = _MAX_AIRTIME_MS << s.max_dcycle
+    else:
+        longest = _MAX_AIRTIME_MS * (region.off_factor(slot) + 1)
+    if w > longest:
         s.dc_until[slot] = 0
         return 0
     return w if w > 0 else 0

@@ -249,10 +249,19 @@ class Device:
         return result
 
     def _channel(self, dr, join, max_wait_ms):
-        wait = dutycycle.wait_ms(self._s, self._clock(), dr, join)
+        s = self._s
+        try:
+            wait = dutycycle.wait_ms(s, self._clock(), dr, join)
+        except NoChannel:
+            if join:
+                raise
+            # The network left no enabled channel for this data rate: the default channels
+            # (which it cannot change) carry every data rate, so fall back to them.
+            s.ch_mask |= (1 << region.DEFAULT_CHANNELS) - 1
+            wait = dutycycle.wait_ms(s, self._clock(), dr, join)
         if 0 < wait <= max_wait_ms:
             time.sleep_ms(wait)
-        return dutycycle.pick(self._s, self._clock(), dr, join)
+        return dutycycle.pick(s, self._clock(), dr, join)
 
     def _note_tx(self, freq, dr, length):
         airtime_ms = (region.time_on_air_us(length, region.spreading_factor(dr)) + 999) // 1000
