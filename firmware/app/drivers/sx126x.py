@@ -297,13 +297,15 @@ class SX126x:
         self._op(_OP_SET_STANDBY, _STANDBY_RC)
         # RfFreq = f * 2^25 / 32 MHz = f * 16384 / 15625, split so it stays in small ints.
         rf = (freq_hz // 15625) * 16384 + ((freq_hz % 15625) * 16384 + 7812) // 15625
-        self._op(_OP_SET_RF_FREQUENCY, (rf >> 24) & 0xFF, (rf >> 16) & 0xFF, (rf >> 8) & 0xFF,
-                 rf & 0xFF)
+        self._op(
+            _OP_SET_RF_FREQUENCY, (rf >> 24) & 0xFF, (rf >> 16) & 0xFF, (rf >> 8) & 0xFF, rf & 0xFF
+        )
         ldro = 1 if _symbol_us(sf, bw_khz) >= 16000 else 0
         self._op(_OP_SET_MODULATION_PARAMS, sf, bw, _CR_4_5, ldro)
         # Preamble, explicit header, payload length, CRC (on for uplinks), IQ (inverted for RX).
-        self._op(_OP_SET_PACKET_PARAMS, 0, _PREAMBLE_SYMBOLS, 0, length, 0 if rx else 1,
-                 1 if rx else 0)
+        self._op(
+            _OP_SET_PACKET_PARAMS, 0, _PREAMBLE_SYMBOLS, 0, length, 0 if rx else 1, 1 if rx else 0
+        )
         # Datasheet 15.4: IQ polarity register bit 2 must be 0 with inverted IQ, 1 otherwise.
         iq = self._read_register(_REG_IQ_POLARITY)
         self._write_register(_REG_IQ_POLARITY, (iq & ~0x04) if rx else (iq | 0x04))
@@ -360,8 +362,9 @@ class SX126x:
         self._clear_irq()
         if not irq:
             self._op(_OP_SET_STANDBY, _STANDBY_RC)
-            raise RadioError("SX126x RX window of %d ms never ended (no RxDone/Timeout)"
-                             % timeout_ms)
+            raise RadioError(
+                "SX126x RX window of %d ms never ended (no RxDone/Timeout)" % timeout_ms
+            )
         if not irq & _IRQ_RX_DONE or irq & _IRQ_HEADER_ERR:
             self._op(_OP_SET_STANDBY, _STANDBY_RC)
             return None

@@ -192,7 +192,7 @@ class SX127x:
         self._write(_REG_OP_MODE, _MODE_SLEEP)
         self._mode(_MODE_SLEEP)
         if not self._read(_REG_OP_MODE) & _LONG_RANGE_MODE:
-            raise RadioError("SX127x did not enter LoRa mode (RegOpMode 0x01 LongRangeMode stays 0)")
+            raise RadioError("SX127x did not enter LoRa mode (RegOpMode LongRangeMode stays 0)")
         self._mode(_MODE_STDBY)
         self._write(_REG_FIFO_TX_BASE, 0)
         self._write(_REG_FIFO_RX_BASE, 0)
