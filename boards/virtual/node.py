@@ -24,7 +24,7 @@ from allmende.boards.virtual.unix_port import DEFAULT_HEAP, RUNTIME, micropython
 
 log = logging.getLogger(__name__)
 
-PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET = 1, 2, 3, 4
+PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 EXIT_DEEPSLEEP, EXIT_RESET = 100, 101
 
 
@@ -52,10 +52,14 @@ class VirtualNode:
         faults: dict[str, str] | None = None,
         env: dict[str, float] | None = None,
         wake_timeout: float = 120.0,
+        flash: Path | None = None,
+        state: Path | None = None,
     ) -> None:
         self.root = Path(root)
-        self.flash = self.root / "flash"
-        self.state = self.root / "state"
+        # The flash and state directories default to root/flash and root/state; the pty board
+        # (`allmende board virtual --fs DIR --state DIR`) may place them elsewhere.
+        self.flash = Path(flash) if flash is not None else self.root / "flash"
+        self.state = Path(state) if state is not None else self.root / "state"
         self.flash.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(parents=True, exist_ok=True)
         self.board = load_board(board)
@@ -113,12 +117,7 @@ class VirtualNode:
     # -- one wake ----------------------------------------------------------------------
     def wake(self, cause: int | None = None) -> Wake:
         """Runs one wake to its end and returns how it ended."""
-        cause = self.next_cause if cause is None else cause
-        self._power_cut_requested = False
-        self.boot_index += 1
-        self._write_json("boot.json", {"cause": cause, "index": self.boot_index})
-        for name in ("exit.json", "wdt.json"):
-            (self.state / name).unlink(missing_ok=True)
+        self.begin_wake(cause)
         env = micropython_env([RUNTIME], {"ALLMENDE_VBOARD_STATE": str(self.state)})
         with self._lock:
             self._proc = subprocess.Popen(
@@ -139,15 +138,32 @@ class VirtualNode:
         reader.join(timeout=5)
         with self._lock:
             self._proc = None
+        return self.end_wake(kind, proc.returncode, "".join(output))
+
+    # Shared with the pty board (allmende.boards.virtual.pty_board), which runs its wakes
+    # behind a serial port instead of a pipe but keeps the same state-directory lifecycle.
+    def begin_wake(self, cause: int | None = None) -> int:
+        """Records the start of a wake (reset cause, boot index) and returns the cause."""
+        cause = self.next_cause if cause is None else cause
+        self._power_cut_requested = False
+        self.boot_index += 1
+        self._write_json("boot.json", {"cause": cause, "index": self.boot_index})
+        for name in ("exit.json", "wdt.json"):
+            (self.state / name).unlink(missing_ok=True)
+        return cause
+
+    def end_wake(self, kind: str, returncode: int | None, output: str) -> Wake:
+        """Records how a wake ended; `kind` "exit" is resolved from the exit code and exit.json."""
         sleep_ms = 0
         if kind == "exit":
-            kind, sleep_ms = self._exit_reason(proc.returncode)
+            kind, sleep_ms = self._exit_reason(returncode if returncode is not None else -1)
         self.next_cause = {
             "deepsleep": DEEPSLEEP_RESET,
             "watchdog": WDT_RESET,
             "power_cut": PWRON_RESET,
+            "soft_reset": SOFT_RESET,
         }.get(kind, HARD_RESET)
-        wake = Wake(self.boot_index, kind, sleep_ms, proc.returncode, "".join(output))
+        wake = Wake(self.boot_index, kind, sleep_ms, returncode, output)
         self.wakes.append(wake)
         return wake
 
@@ -175,6 +191,10 @@ class VirtualNode:
         return "exit"
 
     _power_cut_requested = False
+
+    def watchdog_expired(self) -> bool:
+        """True when the firmware armed the watchdog and stopped feeding it in time."""
+        return self._watchdog_expired()
 
     def _watchdog_expired(self) -> bool:
         path = self.state / "wdt.json"
@@ -226,6 +246,10 @@ class VirtualNode:
                 self._proc.kill()
         if self._thread:
             self._thread.join(30)
+        self.lose_power()
+
+    def lose_power(self) -> None:
+        """What a power cut does to the chip's state: RTC memory gone, next boot is power-on."""
         (self.state / "rtc.bin").unlink(missing_ok=True)
         self.next_cause = PWRON_RESET
 

@@ -75,11 +75,13 @@ class Radio:
         self.clock = clock
         self.replies = replies or []
         self.sent = []
+        self.powers = []
         self.windows = []
         self.sleeps = 0
 
     def transmit(self, data, freq, sf, bw):
         self.sent.append([hx(bytes(data)), freq, sf, bw, self.clock.now])
+        self.powers.append(getattr(self, "tx_power_dbm", None))
         self.clock.now += (region.time_on_air_us(len(data), sf, bw) + 999) // 1000
 
     def receive(self, freq, sf, bw, timeout_ms):
@@ -287,11 +289,12 @@ def _lw_fakes_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def lw_exec(_lw_fakes_dir: Path):
-    """Runs MicroPython `code` in `cwd` (firmware + lwfakes importable, heap 100 KB);
-    returns the objects printed with lwfakes.out(), in order."""
+    """Runs MicroPython `code` in `cwd` (firmware, or the folders in `path`, and lwfakes
+    importable; heap 100 KB); returns the objects printed with lwfakes.out(), in order."""
 
-    def run(code: str, cwd: Path, *, heap: str = "100k") -> list[dict]:
-        proc = unix_port.run(code, path=[unix_port.FIRMWARE_APP, _lw_fakes_dir], heap=heap, cwd=cwd)
+    def run(code: str, cwd: Path, *, heap: str = "100k", path: list | None = None) -> list[dict]:
+        firmware = path or [unix_port.FIRMWARE_APP]
+        proc = unix_port.run(code, path=[*firmware, _lw_fakes_dir], heap=heap, cwd=cwd)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return [json.loads(line[1:]) for line in proc.stdout.splitlines() if line.startswith("@")]
 

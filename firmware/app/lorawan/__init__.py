@@ -34,9 +34,9 @@ Contracts:
   server console prints them); the MAC reverses EUIs and DevAddr for the air.
 - radio: transmit(data, freq_hz, sf, bw_khz) blocks until TX done; receive(freq_hz, sf,
   bw_khz, timeout_ms) returns a frame whose preamble started within timeout_ms, or None;
-  sleep(). An optional attribute last_snr (dB of the last received frame) feeds the
-  DevStatusAns margin (0 without it). The TX power the network asks for is
-  Device.tx_power_dbm: the radio interface does not carry it.
+  sleep(). Optional attributes, as the SX127x/SX126x drivers have them: last_snr (dB of
+  the last received frame) feeds the DevStatusAns margin (0 without it); tx_power_dbm is
+  taken as TXPower 0 and lowered by 2 dB per LinkADRReq TXPower step during each TX.
 - rtc: machine.RTC-like, memory() -> bytes and memory(data). The session takes
   session.SIZE bytes at rtc_offset; bytes outside them are preserved.
 - clock: wall-clock milliseconds (default time.time_ns() // 1000000). Duty-cycle blocks

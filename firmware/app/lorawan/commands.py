@@ -141,7 +141,7 @@ def apply(s, cmds, battery, snr):
         elif cid == _RX_PARAM_SETUP:
             changed |= _rx_param_setup(s, cmds, at)
         elif cid == _DEV_STATUS:
-            margin = 0 if snr is None else max(-32, min(31, int(snr)))
+            margin = 0 if snr is None else max(-32, min(31, round(snr)))
             s.add_answer(bytes((_DEV_STATUS, battery & 0xFF, margin & 0x3F)))
         elif cid == _NEW_CHANNEL:
             changed |= _new_channel(s, cmds, at)

@@ -90,6 +90,9 @@ class Device:
         self._join_nonce = 0
         self._join_dr = 0
         self.rx_dropped = 0
+        # The drivers expose tx_power_dbm (their board's level): that is TXPower 0, and the
+        # network's LinkADRReq lowers it in 2 dB steps for each frame the MAC sends.
+        self._base_dbm = getattr(radio, "tx_power_dbm", None)
         ident = bytearray()
         if app_key is not None:
             self._otaa = True
@@ -146,7 +149,7 @@ class Device:
 
     @property
     def tx_power_dbm(self):
-        """EIRP the network asked for (LinkADRReq); the radio driver should apply it."""
+        """EIRP the network asked for (LinkADRReq: 16 dBm minus 2 dB per TXPower step)."""
         return region.tx_power_dbm(self._s.tx_power)
 
     def time_until_send_ms(self):
@@ -188,9 +191,7 @@ class Device:
             self._store.save(s, flash=True)  # a DevNonce is never sent before it is in flash
             self._join_nonce = nonce
             self._join_dr = join_dr
-            self._radio.transmit(
-                self._tx[:n], freq, region.spreading_factor(join_dr), region.BW_KHZ
-            )
+            self._transmit(self._tx[:n], freq, join_dr)
             tx_end = time.ticks_ms()
             if self._rx_windows(
                 tx_end, region.JOIN_ACCEPT_DELAY1_S, freq, join_dr,
@@ -238,7 +239,7 @@ class Device:
         freq = s.ch_freq[ch]
         self._note_tx(freq, dr, n)
         self._store.save(s, flash=self._store.mirror_due(s))
-        self._radio.transmit(buf[:n], freq, region.spreading_factor(dr), region.BW_KHZ)
+        self._transmit(buf[:n], freq, dr)
         tx_end = time.ticks_ms()
         result = Result()
         self._rx_windows(
@@ -262,6 +263,17 @@ class Device:
         if 0 < wait <= max_wait_ms:
             time.sleep_ms(wait)
         return dutycycle.pick(s, self._clock(), dr, join)
+
+    def _transmit(self, data, freq, dr):
+        radio = self._radio
+        if self._base_dbm is None:
+            radio.transmit(data, freq, region.spreading_factor(dr), region.BW_KHZ)
+            return
+        radio.tx_power_dbm = self._base_dbm - 2 * self._s.tx_power
+        try:
+            radio.transmit(data, freq, region.spreading_factor(dr), region.BW_KHZ)
+        finally:
+            radio.tx_power_dbm = self._base_dbm
 
     def _note_tx(self, freq, dr, length):
         airtime_ms = (region.time_on_air_us(length, region.spreading_factor(dr)) + 999) // 1000
