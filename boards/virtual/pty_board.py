@@ -278,7 +278,8 @@ class PtyBoard:
         raw = self._mode == "raw"
         self._kill_child()
         output = self._take_wake_output()
-        if code == EXIT_DEEPSLEEP and self._interrupt_sent:
+        interrupted = self._interrupt_sent or b"\x03" in self._pending_in
+        if code == EXIT_DEEPSLEEP and interrupted:
             # A Ctrl-C reached the interpreter as it was going to sleep; never let it get lost
             # to the sleep (mpremote would wait forever): handle it as a wake by Ctrl-C.
             self.node.end_wake("exit", code, output)
@@ -296,7 +297,9 @@ class PtyBoard:
             return
         if code < 0:  # killed: a crash of the port itself, the chip resets
             self.node.end_wake("crash", code, output)
-            self._power_on(self.node.next_cause)
+            # SIGINT while the port has no handler (starting up, shutting down): the Ctrl-C
+            # still counts, main.py is skipped as if it had been interrupted.
+            self._power_on(self.node.next_cause, interrupted=code == -signal.SIGINT)
             return
         # Ctrl-D or SystemExit: MicroPython's soft reset, staying in the REPL mode it was in.
         self._emit(SOFT_REBOOT)

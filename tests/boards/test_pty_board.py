@@ -139,6 +139,6 @@ def test_serial_input_wakes_a_sleeping_board(tmp_path: Path) -> None:
     (flash / "main.py").write_text("import machine\nmachine.deepsleep(3600000)\n")
     with PtyBoard(tmp_path, fs=flash) as board:
         assert board.port
-        assert board.wait_boots(1)
+        assert wait_for(lambda: any(w.kind == "deepsleep" for w in board.wakes))
         out = mpremote(board.port, "exec", "print('awake')").stdout
         assert "awake" in out
