@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,6 +14,8 @@ from sqlmodel import Session
 from . import provisioning
 from .api.routes import admin, devices, events, gateways, readings, sites
 from .db import make_engine, migrate
+from .forward.sensorthings import SensorThingsForwarder
+from .ingest import IngestWorker
 from .provisioning import ProvisioningError
 from .security import KeyDecryptionError, KeyVault
 from .settings import FleetSettings
@@ -21,9 +24,12 @@ API_PREFIX = "/api/v1"
 
 
 def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | None = None,
-               run_migrations: bool = True) -> FastAPI:
+               run_migrations: bool = True, ingest_workers: int = 0,
+               forward: bool = False) -> FastAPI:
     """The API over one database; migrates it to the newest schema and, when the settings carry
-    an admin token, makes sure it works."""
+    an admin token, makes sure it works. With `ingest_workers` > 0 the app also consumes the
+    gateways' MQTT uploads while it runs, and with `forward` it forwards readings to the
+    platform targets configured in the settings (SensorThings) — all in this process."""
     settings = settings or FleetSettings()
     engine = engine or make_engine(settings.database_url)
     if run_migrations:
@@ -34,7 +40,21 @@ def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        yield
+        tasks: list[asyncio.Task[None]] = []
+        app.state.ingest_workers = [IngestWorker(settings, engine=engine)
+                                    for _ in range(ingest_workers)]
+        tasks += [asyncio.create_task(w.run()) for w in app.state.ingest_workers]
+        app.state.forwarders = []
+        if forward and settings.sensorthings_url:
+            forwarder = SensorThingsForwarder(engine, settings)
+            app.state.forwarders.append(forwarder)
+            tasks.append(asyncio.create_task(forwarder.run()))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     app = FastAPI(title="allmende fleet", version="0.1.0", lifespan=lifespan,
                   description="Registry, provisioning, telemetry and alerts of a city's "

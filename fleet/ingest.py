@@ -206,7 +206,7 @@ class ReadingStore:
         for r in new:
             if r.device not in latest or r.time > latest[r.device].time:
                 latest[r.device] = r
-            if r.quantity.lower() == "battery":
+            if r.quantity.lower() in ("battery", "battery_voltage"):
                 device = devices[r.device]
                 device.battery = r.value
                 if r.value < self.settings.low_battery_v:

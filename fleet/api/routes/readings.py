@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from sqlmodel import col, select
@@ -24,6 +24,8 @@ def list_readings(
     end: Annotated[datetime | None, Query(description="exclusive, ISO 8601")] = None,
     after: Annotated[int | None, Query(ge=0, le=2**62, description="cursor from a page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    order: Annotated[Literal["asc", "desc"], Query(description="by arrival; desc = newest first")]
+    = "asc",
 ) -> ReadingPage:
     query = select(Reading)
     if device is not None:
@@ -35,8 +37,9 @@ def list_readings(
     if end is not None:
         query = query.where(Reading.time < end)
     if after is not None:
-        query = query.where(col(Reading.id) > after)
-    rows = list(session.exec(query.order_by(col(Reading.id)).limit(limit + 1)))
+        query = query.where(col(Reading.id) > after if order == "asc" else col(Reading.id) < after)
+    by = col(Reading.id) if order == "asc" else col(Reading.id).desc()
+    rows = list(session.exec(query.order_by(by).limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
     return ReadingPage(items=[ReadingPublic.model_validate(r) for r in rows],
