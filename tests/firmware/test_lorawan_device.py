@@ -168,7 +168,10 @@ def test_downlink_counter_reconstructs_32_bits_and_rejects_replays(lw_run, lw_ne
     def dl(fcnt: int) -> str:
         return lw_net.downlink(NWK, APP, ABP_ADDR_AIR, fcnt, fport=1, payload=b"%d" % fcnt).hex()
 
-    downs = [dl(5), dl(5), dl(0xFFFF), dl(0x10002), dl(4)]  # replay, gap, wrap, replay
+    bad_mic = bytearray.fromhex(dl(6))
+    bad_mic[-1] ^= 0x80
+    # replay, wrong MIC, gap, 16-bit wrap, replay
+    downs = [dl(5), dl(5), bad_mic.hex(), dl(0xFFFF), dl(0x10002), dl(4)]
     code = PRELUDE % json.dumps(downs) + (
         "c = Clock()\n"
         "r = Radio(c)\n"
@@ -182,8 +185,8 @@ def test_downlink_counter_reconstructs_32_bits_and_rejects_replays(lw_run, lw_ne
         "out(got=got, dropped=d.rx_dropped, fcnt_down=d._s.fcnt_down)\n"
     )
     (o,) = lw_run(code)
-    assert o["got"] == ["5", None, str(0xFFFF), str(0x10002), None]
-    assert o["dropped"] == 2 and o["fcnt_down"] == 0x10003
+    assert o["got"] == ["5", None, None, str(0xFFFF), str(0x10002), None]
+    assert o["dropped"] == 3 and o["fcnt_down"] == 0x10003
 
 
 def test_uplink_counter_is_32_bits_with_16_on_air(lw_run, lw_net) -> None:
@@ -203,6 +206,32 @@ def test_uplink_counter_is_32_bits_with_16_on_air(lw_run, lw_net) -> None:
         up = lw_net.uplink(h(s[0]), NWK, APP, fcnt)
         assert up.mic_ok and up.fcnt16 == fcnt & 0xFFFF
     assert o["fcnt"] == 0x20001
+
+
+def test_an_exhausted_uplink_counter_ends_the_session_for_good(lw_run, lw_net) -> None:
+    code = (
+        "from lwfakes import *\n"
+        "from lorawan.mac import NotJoined\n"
+        "c = Clock()\n"
+        "r = Radio(c)\n"
+        "rtc = RTC()\n"
+        f"d = device(c, r, rtc, {ABP})\n"
+        "d._s.fcnt_up = 0xFFFFFFFE\n"
+        "d.save()\n"
+        "res = []\n"
+        "for wake in range(3):\n"
+        f"    d = device(c, r, rtc, {ABP})\n"
+        "    c.sleep_ms(3600000)\n"
+        "    try:\n"
+        "        d.send(1, b'z')\n"
+        "        res.append('sent')\n"
+        "    except NotJoined:\n"
+        "        res.append('exhausted')\n"
+        "out(res=res, sent=r.sent, joined=d.joined)\n"
+    )
+    (o,) = lw_run(code)
+    assert o["res"] == ["sent", "exhausted", "exhausted"] and not o["joined"]
+    assert lw_net.uplink(h(o["sent"][0][0]), NWK, APP, 0xFFFFFFFE).mic_ok
 
 
 def test_duty_cycle_defers_and_survives_deep_sleep(lw_run, lw_net) -> None:

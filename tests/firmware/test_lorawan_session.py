@@ -46,11 +46,15 @@ class CutRadio(Radio):
 
 class Flash:
     cut = False
+    fail = False
     writes = 0
     def rename(self, a, b):
         if self.cut:
             self.cut = False
             raise Cut()
+        if self.fail:
+            self.fail = False
+            raise OSError(28)  # ENOSPC: the node lives on, the mirror is not updated
         self.writes += 1
         os.rename(a, b)
 
@@ -85,6 +89,14 @@ for ev in P:
             for _ in range(20):
                 c.sleep_ms(3600000)
                 d.send(1, b"f") if d.joined else d.join(1)
+        elif ev == "flash_error":
+            flash.fail = True
+            for _ in range(20):
+                c.sleep_ms(3600000)
+                try:
+                    d.send(1, b"e") if d.joined else d.join(1)
+                except OSError:
+                    pass
         elif ev == "torn":
             with open("session.bin.tmp", "wb") as f:
                 f.write(b"\\x01torn")
@@ -111,9 +123,8 @@ def _plan(seed: int, events: list[str], weights: list[int], n: int) -> list[str]
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_abp_frame_counter_never_repeats(lw_run, lw_net, seed: int) -> None:
-    plan = _plan(
-        seed, ["send", "sleep", "reboot", "cut_tx", "cut_flash", "torn"], [60, 15, 5, 5, 2, 2], 160
-    )
+    events = ["send", "sleep", "reboot", "cut_tx", "cut_flash", "torn", "flash_error"]
+    plan = _plan(seed, events, [60, 15, 5, 5, 2, 2, 3], 160)
     *txs, o = lw_run(PLAN_RUNNER % (json.dumps(plan), ABP_DICT, ""))
     o["sent"] = [t["tx"] for t in txs]
     fcnts = []
@@ -122,7 +133,7 @@ def test_abp_frame_counter_never_repeats(lw_run, lw_net, seed: int) -> None:
         low = int.from_bytes(h(phy)[6:8], "little")
         fcnt = low if low > last else low + 0x10000  # the network's 32-bit reconstruction
         up = lw_net.uplink(h(phy), NWK, APP, fcnt)
-        assert up.mic_ok and up.payload in (b"p", b"c", b"f")
+        assert up.mic_ok and up.payload in (b"p", b"c", b"f", b"e")
         fcnts.append(fcnt)
         last = fcnt
     assert fcnts == sorted(set(fcnts)), "a frame counter was sent twice"
@@ -139,8 +150,18 @@ def test_otaa_dev_nonce_and_counters_never_repeat(lw_run, lw_net, seed: int) -> 
     accept = lw_net.join_accept(APP_KEY, app_nonce, net_id, addr).hex()
     plan = _plan(
         seed,
-        ["join", "join_ok", "send", "sleep", "reboot", "cut_tx", "cut_flash", "torn"],
-        [10, 4, 40, 10, 5, 6, 2, 2],
+        [
+            "join",
+            "join_ok",
+            "send",
+            "sleep",
+            "reboot",
+            "cut_tx",
+            "cut_flash",
+            "torn",
+            "flash_error",
+        ],
+        [10, 4, 40, 10, 5, 6, 2, 2, 2],
         140,
     )
     *txs, o = lw_run(PLAN_RUNNER % (json.dumps(plan), OTAA_DICT, accept))

@@ -115,9 +115,9 @@ def data_downlink(s, data):
     fcnt = s.fcnt_down - (s.fcnt_down & 0xFFFF) + low
     if fcnt < s.fcnt_down:
         fcnt += 0x10000
-    if fcnt > _FCNT_MAX:
+    if fcnt >= _FCNT_MAX:  # FCntDown = fcnt + 1 must still fit 32 bits
         return None
-    if crypto.data_mic(s.nwk_s_key, crypto.DOWN, s.dev_addr, fcnt, mv[:end]) != mv[end:]:
+    if crypto.data_mic(s.nwk_s_key, crypto.DOWN, s.dev_addr, fcnt, mv[:end]) != bytes(mv[end:]):
         return None
     payload = b""
     if fport >= 0:

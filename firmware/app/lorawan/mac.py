@@ -39,11 +39,14 @@ def _wall_ms():
 
 def _key(value, n, name):
     # Accepts bytes or hex text; the field name tells the caller what was wrong.
-    if isinstance(value, str):
-        value = unhexlify(value)
-    if value is None or len(value) != n:
-        raise ValueError("%s: %d bytes expected" % (name, n))
-    return bytes(value)
+    try:
+        if isinstance(value, str):
+            value = unhexlify(value)
+        if len(value) == n:
+            return bytes(value)
+    except (TypeError, ValueError):
+        pass
+    raise ValueError("%s: %d bytes expected" % (name, n))
 
 
 def _reverse(value):
@@ -212,7 +215,7 @@ class Device:
             raise NotJoined()
         if not 0 < fport <= _FPORT_MAX:
             raise ValueError("fport: 1..223 expected")
-        if s.fcnt_up > 0xFFFFFFFF:
+        if s.fcnt_up >= session.FCNT_LIMIT:
             s.flags &= ~session.F_JOINED  # the session is used up: a rejoin is due
             self._store.save(s, flash=True)
             raise NotJoined()

@@ -35,6 +35,7 @@ from micropython import const
 VERSION = const(1)
 SIZE = const(235)
 MAX_FOPTS = const(15)
+FCNT_LIMIT = const(0xFFFFFFFF)  # FCntUp reaching this ends the session (it must fit 32 bits)
 DC_SLOTS = const(6)  # region.SUB_BANDS sub-bands + the aggregated duty cycle of DutyCycleReq
 DC_AGGREGATED = const(5)
 

@@ -42,7 +42,7 @@ class Store:
             if self._read_file(s, path):
                 if s.ident == ident:
                     # RTC memory was lost: up to `every` counters were sent after this mirror.
-                    s.fcnt_up += self._every
+                    s.fcnt_up = min(s.fcnt_up + self._every, session.FCNT_LIMIT)
                     self._write_rtc(s)
                     return s, SOURCE_FLASH
                 nonce = max(nonce, s.nonce_next)
@@ -54,11 +54,18 @@ class Store:
     def save(self, s, flash=False):
         """Writes `s` to RTC memory, and first to the flash mirror when `flash` is true."""
         if flash:
+            previous = s.fcnt_flash
             s.fcnt_flash = s.fcnt_up
             s.pack(self._buf)
-            with open(self._tmp, "wb") as f:
-                f.write(self._buf)
-            os.rename(self._tmp, self._path)
+            try:
+                with open(self._tmp, "wb") as f:
+                    f.write(self._buf)
+                os.rename(self._tmp, self._path)
+            except OSError:
+                # The mirror still holds the old counter: keep saying so, or a later
+                # restore would jump ahead from a value that never reached flash.
+                s.fcnt_flash = previous
+                raise
         else:
             s.pack(self._buf)
         self._write_rtc(s, packed=True)
