@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlmodel import Session
 
-from . import provisioning
+from . import monitoring, provisioning
 from .api.routes import admin, devices, events, gateways, readings, sites
 from .db import make_engine, migrate
 from .forward.sensorthings import SensorThingsForwarder
@@ -45,6 +45,8 @@ def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | Non
                                     for _ in range(ingest_workers)]
         tasks += [asyncio.create_task(w.run()) for w in app.state.ingest_workers]
         app.state.forwarders = []
+        if ingest_workers:
+            tasks.append(asyncio.create_task(monitoring.watch(engine, settings)))
         if forward and settings.sensorthings_url:
             forwarder = SensorThingsForwarder(engine, settings)
             app.state.forwarders.append(forwarder)

@@ -186,13 +186,15 @@ class ReadingStore:
                 result.stored = len(inserted)
                 result.duplicates += len(accepted) - len(inserted)
                 new = [r for r in accepted if r.key in inserted]
-                if new and self.targets:
+                # Readings of a flat are personal data: they never leave the fleet one by one.
+                public = [r for r in new if not devices[r.device].flat_ref]
+                if public and self.targets:
                     session.execute(sa.insert(OutboxItem), [
                         {"target": t, "reading_id": inserted[r.key], "status": "pending",
                          "attempts": 0, "next_attempt": utcnow()}
-                        for r in new for t in self.targets])
+                        for r in public for t in self.targets])
                 self._update_devices(session, devices, new)
-                result.new_readings = [r.model_dump(mode="json") for r in new]
+                result.new_readings = [r.model_dump(mode="json") for r in public]
             bump_counters(session, {"readings_stored": result.stored,
                                     "readings_duplicate": result.duplicates,
                                     "readings_rejected": result.rejected,

@@ -1,0 +1,53 @@
+"""Health watch: devices that stopped sending become `device_offline` alerts.
+
+Low battery, sensor-fault flags and gateway last wills are noticed at ingest (ingest.py);
+what needs a clock — an uplink that did not come — is checked here, periodically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlmodel import Session, col, select
+
+from .models import Device, DeviceState, Event, utcnow
+from .settings import FleetSettings
+
+log = logging.getLogger(__name__)
+
+
+def check_offline_devices(engine: sa.Engine, settings: FleetSettings, *,
+                          now: datetime | None = None) -> list[str]:
+    """Open a `device_offline` alert for every active device silent for more than
+    `offline_after_missed` uplink intervals; returns the DevEUIs newly alerted."""
+    now = now or utcnow()
+    silent_since = now - timedelta(seconds=settings.uplink_interval_s *
+                                   settings.offline_after_missed)
+    with Session(engine) as session:
+        already = set(session.exec(select(Event.device).where(
+            Event.kind == "device_offline", col(Event.active).is_(True))))
+        silent = session.exec(select(Device).where(
+            Device.state == DeviceState.active, col(Device.last_seen) < silent_since)).all()
+        alerted = []
+        for device in silent:
+            if device.dev_eui in already:
+                continue
+            session.add(Event(kind="device_offline", device=device.dev_eui, time=now,
+                              message=f"no uplink since {device.last_seen:%Y-%m-%d %H:%M:%S}Z "
+                                      f"({settings.offline_after_missed} intervals missed)"))
+            alerted.append(device.dev_eui)
+        session.commit()
+    return alerted
+
+
+async def watch(engine: sa.Engine, settings: FleetSettings, *, every_s: float = 30.0) -> None:
+    """Run the checks until cancelled."""
+    while True:
+        try:
+            await asyncio.to_thread(check_offline_devices, engine, settings)
+        except sa.exc.OperationalError as exc:
+            log.warning("monitoring could not read the database: %s", exc)
+        await asyncio.sleep(every_s)
