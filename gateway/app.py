@@ -46,7 +46,6 @@ class Gateway:
             self.metrics,
             commit_interval_s=config.outbox.commit_interval_ms / 1000.0,
             max_pending_readings=config.outbox.max_pending_readings,
-            take_state=self.network.take_changes,
         )
         self.device_file = DeviceFile(config.devices_file)
         self.forwarder: Forwarder | None = None
@@ -90,7 +89,6 @@ class Gateway:
                 raise StartupError(
                     f"metrics listen {self.config.metrics.listen}: {exc.strerror}"
                 ) from None
-        self._tasks.append(asyncio.create_task(self.store.run(), name="outbox"))
         if self.config.udp is not None:
             server = self.udp = GwmpServer(
                 on_reception=self.on_reception,
@@ -99,8 +97,11 @@ class Gateway:
                 max_datagram=self.config.udp.max_datagram,
             )
             try:
-                await loop.create_datagram_endpoint(
-                    lambda: server, local_addr=(self.config.udp.host, self.config.udp.port)
+                server.open(
+                    loop,
+                    self.config.udp.host,
+                    self.config.udp.port,
+                    receive_buffer=self.config.udp.receive_buffer,
                 )
             except OSError as exc:
                 raise StartupError(f"udp listen {self.config.udp.listen}: {exc.strerror}") from None
@@ -149,8 +150,8 @@ class Gateway:
             "gateway_stopping",
             extra={"fields": {"uncommitted_readings": self.store.uncommitted_readings}},
         )
-        if self.udp is not None and self.udp.transport is not None:
-            self.udp.transport.close()
+        if self.udp is not None:
+            self.udp.close()
         for modem in self.serial_modems:
             modem.stop()
         if self.forwarder is not None:
@@ -184,7 +185,12 @@ class Gateway:
                 }
             },
         )
-        self.store.wake()
+        self._sync_state()
+
+    def _sync_state(self) -> None:
+        state = self.network.take_changes()
+        if state is not None:
+            self.store.put_state(state)
 
     def reload_devices(self, why: str) -> bool:
         """Re-reads the device file; on error keeps the current list (and says why)."""
@@ -247,7 +253,7 @@ class Gateway:
                     }
                 },
             )
-            self.store.wake()
+        self._sync_state()
         if uplink.wants_downlink:
             delay = self.config.network.downlink_collect_ms / 1000.0
             asyncio.get_running_loop().call_later(delay, self._answer, uplink)
@@ -283,16 +289,19 @@ class Gateway:
             return
         if n == 0:
             return
+        state = self.network.take_changes()  # this frame's counters commit with its readings
         try:
-            self.store.add(rec.received_at, n, body)
+            self.store.add(rec.received_at, n, body, state)
         except Backpressure:
             self.metrics.reject("outbox_unavailable")
+            if state is not None:
+                self.store.put_state(state)
 
     def _answer(self, uplink: net.Uplink) -> None:
         phy = self.network.build_downlink(uplink)
         if phy is not None:
             self.scheduler.schedule(phy, uplink)
-            self.store.wake()
+            self._sync_state()
 
     # --- fleet -> gateway ------------------------------------------------------------------
 
@@ -345,6 +354,7 @@ class Gateway:
             await asyncio.sleep(1.0)
             now = time.time()
             self.metrics.outbox_oldest_age.set(self.store.oldest_age(now))
+            self.metrics.receive_to_commit_recent_max.set(self.store.recent_max_window(now))
             self.metrics.outbox_depth.set(self.outbox.depth_readings)
             forwarded = self.forwarder.forwarded_total if self.forwarder else 0
             self._rate_window.append((now, forwarded))

@@ -24,6 +24,7 @@ class UdpConfig:
 
     listen: str = "0.0.0.0:1700"
     max_datagram: int = 32 * 1024
+    receive_buffer: int = 4 * 1024 * 1024  # SO_RCVBUF; Linux caps it at net.core.rmem_max
 
     @property
     def host(self) -> str:

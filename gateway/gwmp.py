@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +90,7 @@ class GwmpError(ValueError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Packet:
     """One decoded datagram. `gateway_eui` is 8 bytes (on-wire order) or None; `payload` the
     JSON object or None."""
@@ -230,7 +231,7 @@ def parse_datr(text: str) -> tuple[int, int]:
     return sf, bw
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RxPacket:
     """One received LoRa frame from an rxpk object. `tmst` is the concentrator's 32-bit
     microsecond counter at the end of the frame (what downlink `tmst` values refer to)."""
@@ -288,6 +289,8 @@ def _field(obj: dict[str, Any], name: str, kinds: tuple[type, ...]) -> Any:
     value = obj.get(name)
     if not isinstance(value, kinds) or isinstance(value, bool):
         raise GwmpError("bad_rxpk", f"field {name!r} missing or not {kinds[0].__name__}")
+    if type(value) is float and not math.isfinite(value):  # Python's json reads NaN/Infinity
+        raise GwmpError("bad_rxpk", f"field {name!r} is not a finite number")
     return value
 
 
@@ -313,7 +316,7 @@ def parse_rxpk(rxpk: Any) -> RxPacket:
         bw_khz=bw,
         tmst=tmst & 0xFFFFFFFF,
         rssi=float(_field(rxpk, "rssi", (int, float))),
-        snr=float(rxpk.get("lsnr", 0.0)) if isinstance(rxpk.get("lsnr"), int | float) else 0.0,
+        snr=float(_field(rxpk, "lsnr", (int, float))) if "lsnr" in rxpk else 0.0,
         crc_ok=stat == 1,
         codr=str(rxpk.get("codr", "4/5")),
         chan=int(rxpk.get("chan", 0)) if isinstance(rxpk.get("chan"), int) else 0,

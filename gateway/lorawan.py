@@ -81,7 +81,8 @@ def _ecb_encryptor(key: bytes):  # type: ignore[no-untyped-def]
 
 
 def _check_key(key: bytes) -> bytes:
-    key = bytes(key)
+    if type(key) is not bytes:
+        key = bytes(key)
     if len(key) != KEY_SIZE:
         raise ValueError(f"AES-128 key must be 16 bytes, got {len(key)}")
     return key
@@ -158,17 +159,21 @@ def crypt_frm_payload(key: bytes, dev_addr: int, fcnt: int, uplink: bool, data: 
     """Encrypts or decrypts (the same operation) an FRMPayload.
 
     `key` is the AppSKey for FPort 1..223, the NwkSKey for FPort 0 (MAC commands).
-    The keystream is AES(key, A_i) for i = 1, 2, ...: exactly AES-CTR with A_1 as the initial
-    counter block, since i never exceeds 16 for a 255-byte frame.
+    The keystream is AES(key, A_i) for i = 1, 2, ...; A_i = 0x01 | 0^4 | Dir | DevAddr |
+    FCnt32 | 0x00 | i.
     """
-    if not data:
+    n = len(data)
+    if not n:
         return b""
-    counter = _block(0x01, dev_addr, fcnt, uplink, 1)
-    enc = Cipher(algorithms.AES(_check_key(key)), modes.CTR(counter)).encryptor()
-    return enc.update(bytes(data))
+    head = _block(0x01, dev_addr, fcnt, uplink, 0)[:15]
+    blocks = b"".join(head + bytes((i,)) for i in range(1, (n + BLOCK - 1) // BLOCK + 1))
+    keystream = _ecb_encryptor(_check_key(key)).update(blocks)
+    # XOR as big integers: one C-level operation instead of a loop over bytes.
+    mixed = int.from_bytes(data, "big") ^ int.from_bytes(keystream[:n], "big")
+    return mixed.to_bytes(n, "big")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DataFrame:
     """A parsed data frame (MType 2..5). `frm_payload` is as on air (still encrypted)."""
 

@@ -78,6 +78,11 @@ class Metrics:
             "Largest receive-to-commit time since start",
             registry=r,
         )
+        self.receive_to_commit_recent_max = Gauge(
+            P + "receive_to_commit_recent_max_seconds",
+            "Largest receive-to-commit time of the last 10 s",
+            registry=r,
+        )
         self.mqtt_connected = Gauge(
             P + "mqtt_connected", "1 while connected to the broker", registry=r
         )
@@ -100,6 +105,12 @@ class Metrics:
             P + "forwarder_last_seen_seconds",
             "Unix time of the last datagram from a forwarder",
             ["forwarder"],
+            registry=r,
+        )
+        self.udp_send_errors = Counter(
+            P + "udp_send_errors_total",
+            "ACKs and downlinks the UDP socket could not send",
+            ["error"],
             registry=r,
         )
         self.devices = Gauge(P + "devices", "Devices in the device list", registry=r)

@@ -250,9 +250,11 @@ class NetworkServer:
 
     def take_changes(
         self,
-    ) -> tuple[list[tuple[object, ...]], list[tuple[str, str]], list[tuple[str, int]]]:
+    ) -> tuple[list[tuple[object, ...]], list[tuple[str, str]], list[tuple[str, int]]] | None:
         """Session rows to upsert, session ids to delete, DevNonces to record: everything
-        changed since the last call, for the outbox's next transaction."""
+        changed since the last call (None: nothing), for the outbox's next transaction."""
+        if not (self.dirty or self.deleted or self.new_nonces):
+            return None
         rows = [s.snapshot() for s in self.dirty]
         deleted, nonces = self.deleted, self.new_nonces
         self.dirty, self.deleted, self.new_nonces = set(), [], []

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from functools import lru_cache
 from typing import Any
 
 from allmende.firmware.app import payload
@@ -41,6 +42,7 @@ _FIELD_CACHE: dict[tuple[int, int], list[tuple[str, str, str, int]]] = {}
 
 
 def _fields(fport: int, version: int) -> list[tuple[str, str, str, int]]:
+    """(field name, quantity as JSON, unit as JSON, decimal digits) of a format, cached."""
     key = (fport, version)
     cached = _FIELD_CACHE.get(key)
     if cached is None:
@@ -49,9 +51,19 @@ def _fields(fport: int, version: int) -> list[tuple[str, str, str, int]]:
             # Round to the codec's resolution: 1/10 -> 1 digit, 1/100 -> 2; the wire value
             # is exact at that resolution, the float division is not.
             digits = max(0, math.ceil(-math.log10(resolution) - 1e-9))
-            cached.append((name, quantity, unit, digits))
+            cached.append((name, json.dumps(quantity), json.dumps(unit), digits))
         _FIELD_CACHE[key] = cached
     return cached
+
+
+@lru_cache(maxsize=65536)
+def _js(value: str | None) -> str:
+    return json.dumps(value)
+
+
+@lru_cache(maxsize=256)
+def _flags_json(flags: int) -> str:
+    return json.dumps(payload.flag_names(flags))
 
 
 def record(
@@ -72,25 +84,17 @@ def record(
     marked as missing produce no reading.
     """
     decoded = payload.decode(fport, data)
-    values = []
-    for name, quantity, unit, digits in _fields(fport, decoded["version"]):
-        value = decoded.get(name)
-        if value is not None:
-            values.append((quantity, round(value, digits), unit))
-    text = json.dumps(
-        [
-            dev_eui,
-            session,
-            fcnt,
-            time_iso,
-            float(rssi),
-            float(snr),
-            decoded["kind"],
-            payload.flag_names(decoded["flags"]),
-            fw,
-            values,
-        ],
-        separators=(",", ":"),
+    values = [
+        f"[{quantity},{round(value, digits)!r},{unit}]"
+        for name, quantity, unit, digits in _fields(fport, decoded["version"])
+        if (value := decoded.get(name)) is not None
+    ]
+    # Hand-built JSON (this runs for every uplink): strings from outside go through json.dumps,
+    # numbers are finite floats/ints (gwmp.parse_rxpk refuses NaN and infinities).
+    text = (
+        f"[{_js(dev_eui)},{_js(session)},{int(fcnt)},{_js(time_iso)},{float(rssi)!r},"
+        f"{float(snr)!r},{_js(decoded['kind'])},{_flags_json(decoded['flags'])},{_js(fw)},"
+        f"[{','.join(values)}]]"
     )
     return text, len(values)
 

@@ -3,12 +3,17 @@
 PUSH_DATA is acknowledged at once, before its frames are checked: the ACK says "datagram
 received", not "reading stored" (that is the outbox's commit). PULL_DATA records where the
 forwarder can be reached for downlinks; TX_ACK reports what became of a downlink.
+
+The socket is read directly (`loop.add_reader`), draining every queued datagram per
+wake-up: asyncio's datagram transport reads one datagram per event-loop iteration, which
+costs more than checking the frame in it. A large receive buffer absorbs forwarder bursts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +35,7 @@ class ForwarderLink:
         self.addr: Any = None
 
     def send(self, token: int, tx: gwmp.TxPacket) -> bool:
-        if self.addr is None or self.server.transport is None:
+        if self.addr is None:
             return False
         txpk = gwmp.build_txpk(
             tx.data,
@@ -40,11 +45,13 @@ class ForwarderLink:
             tmst=tx.tmst,
             power_dbm=tx.power_dbm,
         )
-        self.server.transport.sendto(gwmp.pull_resp(token, txpk), self.addr)
-        return True
+        return self.server.sendto(gwmp.pull_resp(token, txpk), self.addr)
 
 
-class GwmpServer(asyncio.DatagramProtocol):
+DRAIN_PER_WAKEUP = 64  # datagrams read per wake-up before timers and the commit get a turn
+
+
+class GwmpServer:
     def __init__(
         self,
         *,
@@ -57,17 +64,59 @@ class GwmpServer(asyncio.DatagramProtocol):
         self.metrics = metrics
         self.scheduler = scheduler
         self.max_datagram = max_datagram
-        self.transport: asyncio.DatagramTransport | None = None
+        self.sock: socket.socket | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.links: dict[str, ForwarderLink] = {}
         self._last_seen_update: dict[str, float] = {}
         self.last_stats: dict[str, dict[str, Any]] = {}  # forwarder -> its last GWMP stat
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+    def open(
+        self, loop: asyncio.AbstractEventLoop, host: str, port: int, *, receive_buffer: int
+    ) -> None:
+        """Binds the UDP socket (IPv4 or IPv6 by `host`) and starts reading. Raises OSError."""
+        family, _, _, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            sock.bind(addr)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.sock, self._loop = sock, loop
+        loop.add_reader(sock.fileno(), self._read_ready)
 
-    def error_received(self, exc: Exception) -> None:
-        # ICMP port unreachable from a forwarder that went away: nothing to do.
-        log.debug("udp_error", extra={"fields": {"error": str(exc)}})
+    def close(self) -> None:
+        if self.sock is not None and self._loop is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+    def _read_ready(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        for _ in range(DRAIN_PER_WAKEUP):
+            try:
+                data, addr = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # ICMP port unreachable from a forwarder that went away: nothing to do.
+                log.debug("udp_error", extra={"fields": {"error": str(exc)}})
+                return
+            self.datagram_received(data, addr)
+
+    def sendto(self, data: bytes, addr: Any) -> bool:
+        """Sends without blocking; a full send buffer or an unreachable forwarder is counted."""
+        if self.sock is None:
+            return False
+        try:
+            self.sock.sendto(data, addr)
+        except OSError as exc:
+            self.metrics.inc(self.metrics.udp_send_errors, type(exc).__name__)
+            return False
+        return True
 
     def _link(self, eui: bytes) -> ForwarderLink:
         name = eui.hex()
@@ -92,12 +141,8 @@ class GwmpServer(asyncio.DatagramProtocol):
         kind = packet.kind
         metrics.inc(metrics.datagrams, gwmp.KIND_NAMES[kind])
         if kind == gwmp.PUSH_DATA:
-            assert (
-                self.transport is not None
-                and packet.gateway_eui is not None
-                and packet.payload is not None
-            )
-            self.transport.sendto(gwmp.push_ack(packet.token), addr)
+            assert packet.gateway_eui is not None and packet.payload is not None
+            self.sendto(gwmp.push_ack(packet.token), addr)
             link = self._link(packet.gateway_eui)
             self._seen(link.name, now)
             rxpks = packet.payload.get("rxpk")
@@ -116,7 +161,7 @@ class GwmpServer(asyncio.DatagramProtocol):
             if isinstance(stat, dict):
                 self._stat(link.name, stat)
         elif kind == gwmp.PULL_DATA:
-            assert self.transport is not None and packet.gateway_eui is not None
+            assert packet.gateway_eui is not None
             link = self._link(packet.gateway_eui)
             if link.addr != addr:
                 log.info(
@@ -124,7 +169,7 @@ class GwmpServer(asyncio.DatagramProtocol):
                 )
             link.addr = addr
             self._seen(link.name, now)
-            self.transport.sendto(gwmp.pull_ack(packet.token), addr)
+            self.sendto(gwmp.pull_ack(packet.token), addr)
         elif kind == gwmp.TX_ACK:
             assert packet.gateway_eui is not None
             self.scheduler.on_tx_ack(
