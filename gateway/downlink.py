@@ -50,7 +50,7 @@ class Attempt:
     remaining: list[Window]
     window: Window
     created: float
-    previous_available: float | None = None
+    booking: tuple[int, float, float] | None = None
     dev: str = ""
 
 
@@ -95,9 +95,14 @@ class DownlinkScheduler:
         budget. Returns the outcome, also counted in allmende_gateway_downlinks_total."""
         now = self.clock()
         self._expire(now)
-        reception = uplink.best()
-        windows = self.windows(uplink, reception)
-        result = self._try(phy, reception, windows, now, uplink.device.dev_eui_hex)
+        # Best copy first; a receiver without a downlink route gives way to the next one.
+        ranked = sorted(uplink.receptions, key=lambda r: (r.rx.snr, r.rx.rssi), reverse=True)
+        result = "dropped_no_route"
+        for reception in ranked:
+            windows = self.windows(uplink, reception)
+            result = self._try(phy, reception, windows, now, uplink.device.dev_eui_hex)
+            if result != "dropped_no_route":
+                break
         self.metrics.inc(self.metrics.downlinks, result)
         return result
 
@@ -113,7 +118,8 @@ class DownlinkScheduler:
             start = reception.received_at + window.delay_s
             if start - now < MIN_LEAD_S:
                 continue
-            if not duty.can_send(window.freq_hz, start):
+            toa = region.time_on_air_s(len(phy), window.sf, window.bw_khz, crc=False)
+            if not duty.can_send(window.freq_hz, start, toa):
                 result = "dropped_duty_cycle"
                 continue
             token = secrets.randbits(16)
@@ -127,14 +133,9 @@ class DownlinkScheduler:
             )
             if not transmitter.send(token, tx):
                 return "dropped_no_route"
-            previous = duty.closed_until(window.freq_hz)
-            duty.record(
-                window.freq_hz,
-                start,
-                region.time_on_air_s(len(phy), window.sf, window.bw_khz, crc=False),
-            )
+            booking = duty.book(window.freq_hz, start, toa)
             self.pending[(transmitter.name, token)] = Attempt(
-                phy, reception, windows[i + 1 :], window, now, previous, dev
+                phy, reception, windows[i + 1 :], window, now, booking, dev
             )
             log.debug(
                 "downlink_scheduled",
@@ -153,7 +154,7 @@ class DownlinkScheduler:
             self.metrics.inc(self.metrics.downlinks, "sent")
             return
         self.metrics.inc(self.metrics.downlinks, "refused_" + error.lower()[:24])
-        self.duty[transmitter].release(attempt.window.freq_hz, attempt.previous_available)
+        self.duty[transmitter].release(attempt.booking)
         log.info(
             "downlink_refused",
             extra={

@@ -6,7 +6,6 @@ From the LoRaWAN Regional Parameters (RP002-1.0.x, EU863-870) and ETSI EN 300 22
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 # DR -> (spreading factor, bandwidth kHz). DR7 (FSK) is not supported by this gateway.
 DATA_RATES: dict[int, tuple[int, int]] = {
@@ -96,42 +95,51 @@ def time_on_air_s(
     return (preamble + 4.25) * t_sym + n_payload * t_sym
 
 
-@dataclass
 class DutyCycle:
     """The duty cycle of one transmitter (a packet forwarder's radio, a serial modem).
 
-    The off-time rule of ETSI/LoRaMac: after transmitting for `toa` on a sub-band of duty
-    cycle d, that sub-band stays closed until toa / d after the start of the transmission.
+    ETSI's off-time rule, per sub-band: a transmission of `toa` seconds starting at `start`
+    occupies the sub-band until start + toa / duty. Downlinks are booked ahead of time (RX1
+    is a second or five away), so each sub-band keeps its bookings and a new one must not
+    overlap any of them, before or after.
     """
 
-    available_at: dict[int, float]
-
     def __init__(self) -> None:
-        self.available_at = {}
+        self.bookings: dict[int, list[tuple[float, float]]] = {}
 
-    def can_send(self, freq_hz: int, start: float) -> bool:
+    def _band(self, freq_hz: int) -> tuple[int, float] | None:
         band = sub_band(freq_hz)
-        return band is not None and start >= self.available_at.get(band, 0.0)
+        return None if band is None else (band, SUB_BANDS[band][2])
 
-    def record(self, freq_hz: int, start: float, toa_s: float) -> None:
-        band = sub_band(freq_hz)
-        if band is None:
+    def can_send(self, freq_hz: int, start: float, toa_s: float) -> bool:
+        found = self._band(freq_hz)
+        if found is None:
+            return False
+        band, duty = found
+        end = start + toa_s / duty
+        return all(end <= s or start >= e for s, e in self.bookings.get(band, ()))
+
+    def book(self, freq_hz: int, start: float, toa_s: float) -> tuple[int, float, float] | None:
+        """Books the air time; returns a handle for `release`."""
+        found = self._band(freq_hz)
+        if found is None:
+            return None
+        band, duty = found
+        booking = (start, start + toa_s / duty)
+        bookings = self.bookings.setdefault(band, [])
+        # Bookings whose off-time is long over cannot collide with anything new.
+        bookings[:] = [b for b in bookings if b[1] > start - 3600.0]
+        bookings.append(booking)
+        return (band, *booking)
+
+    def release(self, handle: tuple[int, float, float] | None) -> None:
+        """Gives the air time back (a transmission the radio refused to send)."""
+        if handle is None:
             return
-        self.available_at[band] = start + toa_s / SUB_BANDS[band][2]
-
-    def release(self, freq_hz: int, previous: float | None) -> None:
-        """Gives the air time back (a transmission the forwarder refused to send)."""
-        band = sub_band(freq_hz)
-        if band is None:
-            return
-        if previous is None:
-            self.available_at.pop(band, None)
-        else:
-            self.available_at[band] = previous
-
-    def closed_until(self, freq_hz: int) -> float | None:
-        band = sub_band(freq_hz)
-        return None if band is None else self.available_at.get(band)
+        band, start, end = handle
+        bookings = self.bookings.get(band, [])
+        if (start, end) in bookings:
+            bookings.remove((start, end))
 
 
 def adr_step(

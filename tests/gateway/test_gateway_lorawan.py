@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from allmende.gateway import lorawan
+from allmende.gateway import lorawan, region
 from cryptography.hazmat.primitives import cmac
 from cryptography.hazmat.primitives.ciphers import algorithms
 from hypothesis import HealthCheck, given, settings
@@ -202,3 +202,18 @@ def test_mac_commands():
     assert lorawan.link_adr_req(data_rate=5, tx_power=1, ch_mask=0x0007) == bytes(
         [0x03, 0x51, 0x07, 0x00, 0x01]
     )
+
+
+@pytest.mark.parametrize("v", VECTORS["time_on_air_ms"])
+def test_time_on_air_vector(v):
+    coding_rate = int(v["cr"].split("/")[1]) - 4
+    toa = region.time_on_air_s(
+        v["phy_len"],
+        v["sf"],
+        v["bw_khz"],
+        coding_rate=coding_rate,
+        preamble=v["preamble"],
+        crc=v["crc"],
+        low_dr_optimize=v.get("low_dr_optimize"),
+    )
+    assert toa * 1000 == pytest.approx(v["ms"], abs=1e-6)
