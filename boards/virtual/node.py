@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -20,12 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from allmende.boards import load_board
-from allmende.boards.virtual.unix_port import DEFAULT_HEAP, RUNTIME, micropython_cmd, micropython_env
+from allmende.firmware.build import mpy_cross_cmd
+from allmende.boards.virtual.unix_port import RUNTIME, micropython_cmd, micropython_env
 
 log = logging.getLogger(__name__)
 
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 EXIT_DEEPSLEEP, EXIT_RESET = 100, 101
+NO_MEDIUM = ("127.0.0.1", 9)  # a discard port: a radio without a medium is heard by nobody
+SIMULATION_MARGIN_KB = 16
 
 
 @dataclass
@@ -48,7 +52,7 @@ class VirtualNode:
         seed: int = 1,
         node_id: str = "0242ac000001",
         medium: tuple[str, int] | None = None,
-        heap: str = DEFAULT_HEAP,
+        heap: str | None = None,
         faults: dict[str, str] | None = None,
         env: dict[str, float] | None = None,
         wake_timeout: float = 120.0,
@@ -63,7 +67,6 @@ class VirtualNode:
         self.flash.mkdir(parents=True, exist_ok=True)
         self.state.mkdir(parents=True, exist_ok=True)
         self.board = load_board(board)
-        self.heap = heap
         self.wake_timeout = wake_timeout
         self.sim: dict[str, Any] = {
             "seed": seed,
@@ -73,6 +76,7 @@ class VirtualNode:
             "faults": faults or {},
             "env": env or {},
         }
+        self.heap = heap or f"{self.board['free_heap_kb'] + self.simulation_heap_kb()}k"
         self._write_json("board.json", self.board)
         self._write_sim()
         self.boot_index = self._last_boot_index()
@@ -118,10 +122,11 @@ class VirtualNode:
     def wake(self, cause: int | None = None) -> Wake:
         """Runs one wake to its end and returns how it ended."""
         self.begin_wake(cause)
-        env = micropython_env([RUNTIME], {"ALLMENDE_VBOARD_STATE": str(self.state)})
+        runtime = self.install_runtime()
+        env = micropython_env([runtime], {"ALLMENDE_VBOARD_STATE": str(self.state)})
         with self._lock:
             self._proc = subprocess.Popen(
-                [micropython_cmd(), "-X", f"heapsize={self.heap}", str(RUNTIME / "vboot.py")],
+                [micropython_cmd(), "-X", f"heapsize={self.heap}", str(runtime / "vboot.py")],
                 cwd=self.flash,
                 env=env,
                 stdout=subprocess.PIPE,
@@ -139,6 +144,58 @@ class VirtualNode:
         with self._lock:
             self._proc = None
         return self.end_wake(kind, proc.returncode, "".join(output))
+
+    def install_runtime(self) -> Path:
+        """The virtual hardware as the board's ROM: compiled with mpy-cross into the state
+        directory, so the simulation's own code does not eat the heap the firmware has on
+        an ESP32 (bytecode loaded from .mpy needs no compiler RAM). Rebuilt when changed."""
+        rom = self.state / "runtime"
+        rom.mkdir(exist_ok=True)
+        for src in RUNTIME.glob("*.py"):
+            if src.name == "vboot.py":  # the entry script stays source, as `micropython` runs it
+                target = rom / src.name
+                if not target.exists() or target.stat().st_mtime < src.stat().st_mtime:
+                    shutil.copyfile(src, target)
+                continue
+            target = rom / f"{src.stem}.mpy"
+            if target.exists() and target.stat().st_mtime >= src.stat().st_mtime:
+                continue
+            proc = subprocess.run(
+                [mpy_cross_cmd(), "-o", str(target), "-s", src.name, str(src)],
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                raise RuntimeError(f"mpy-cross failed on {src}: {proc.stderr.strip()}")
+        return rom
+
+    def simulation_heap_kb(self) -> int:
+        """Heap the simulated hardware itself takes inside the interpreter, where a real chip
+        has silicon: measured once per runtime build, plus room for the fragmentation and the
+        transient buffers of the simulation. The firmware gets the board's free heap on top."""
+        rom = self.install_runtime()
+        cached = rom / "heap.json"
+        if cached.exists() and cached.stat().st_mtime >= max(p.stat().st_mtime for p in rom.iterdir()):
+            return int(json.loads(cached.read_text())["kb"])
+        with tempfile.TemporaryDirectory() as scratch:
+            probe = Path(scratch)
+            (probe / "board.json").write_text(json.dumps(self.board))
+            (probe / "sim.json").write_text(json.dumps(dict(self.sim, medium=list(NO_MEDIUM))))
+            code = (
+                "import gc\ngc.collect()\nbase = gc.mem_alloc()\n"
+                "import machine, vdevices\nvdevices._get()\ngc.collect()\n"
+                "print(gc.mem_alloc() - base)\n"
+            )
+            proc = subprocess.run(
+                [micropython_cmd(), "-X", "heapsize=1m", "-c", code],
+                capture_output=True, text=True, cwd=probe,
+                env=micropython_env([rom], {"ALLMENDE_VBOARD_STATE": str(probe)}),
+            )
+        if proc.returncode != 0:
+            raise RuntimeError(f"could not measure the simulation's heap: {proc.stderr.strip()}")
+        kb = -(-int(proc.stdout.split()[-1]) // 1024) + SIMULATION_MARGIN_KB
+        cached.write_text(json.dumps({"kb": kb}))
+        return kb
 
     # Shared with the pty board (allmende.boards.virtual.pty_board), which runs its wakes
     # behind a serial port instead of a pipe but keeps the same state-directory lifecycle.

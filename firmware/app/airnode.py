@@ -14,9 +14,12 @@ import rtcmem
 from board import Board
 
 FIRMWARE_VERSION = "0.1.0"
+SESSION_FILE = "lorawan.bin"
 FPORT_CONFIG = 10  # downlink: u32 big-endian new uplink interval in seconds
 _SHORT_WAIT_MS = 10_000  # a duty-cycle wait up to this is slept through, longer ones deep-slept
 _JOIN_RETRY_MS = 60_000
+_FAULTS = {"bme280": payload.FLAG_CLIMATE_FAULT, "sds011": payload.FLAG_PM_FAULT,
+           "scd4x": payload.FLAG_CO2_FAULT}
 
 
 def _log(*args):
@@ -31,29 +34,30 @@ class AirNode:
         self.safe_mode = safe_mode
         self.buf = bytearray(payload.max_size(payload.FPORT_AIR_QUALITY, 1))
         self.reading = {}
+        self.broken = 0  # fault flags of sensors whose driver could not even be built
 
     def measure(self):
-        """Fills self.reading from every fitted sensor; a failing sensor only sets its flag."""
+        """Fills self.reading from every fitted sensor; a failing sensor only sets its flag.
+
+        The SDS011 fan starts first so its warm-up overlaps the other sensors' readings.
+        """
         reading = self.reading
         reading.clear()
         flags = payload.FLAG_SAFE_MODE if self.safe_mode else 0
-        sensors = ("bme280", "sds011") if self.safe_mode else ("bme280", "sds011", "scd4x")
-        faults = {"bme280": payload.FLAG_CLIMATE_FAULT, "sds011": payload.FLAG_PM_FAULT,
-                  "scd4x": payload.FLAG_CO2_FAULT}
         self.board.power_sensors(True)
-        for name in sensors:
-            try:
-                driver = self.board.sensor(name)
-                if driver is None:
-                    continue
-                if name == "sds011":
-                    sds = self.cfg["sds011"]
-                    driver.warmup_ms = int(sds["warmup_s"] * 1000)
-                    driver.samples = sds["samples"]
-                flags |= driver.read_into(reading)
-            except Exception as exc:  # a driver bug must not cost the other sensors
-                _log("sensor", name, "failed:", repr(exc))
-                flags |= faults[name]
+        pm = self._sensor("sds011")
+        if pm is not None:
+            pm.warmup_ms = int(self.cfg["sds011"]["warmup_s"] * 1000)
+            pm.samples = self.cfg["sds011"]["samples"]
+            pm.start()
+        climate = self._sensor("bme280")
+        flags |= self._read(climate, "bme280", reading)
+        if not self.safe_mode:  # the optional CO2 sensor is the first thing safe mode drops
+            co2 = self._sensor("scd4x")
+            if co2 is not None:
+                co2.pressure_hpa = reading.get("pressure")
+            flags |= self._read(co2, "scd4x", reading)
+        flags |= self._read(pm, "sds011", reading)
         self.board.power_sensors(False)
         volts = self.board.battery_volts()
         reading["battery"] = volts
@@ -61,6 +65,23 @@ class AirNode:
             flags |= payload.FLAG_LOW_BATTERY
         reading["flags"] = flags
         return reading
+
+    def _sensor(self, name):
+        try:
+            return self.board.sensor(name)
+        except Exception as exc:
+            _log("sensor", name, "unavailable:", repr(exc))
+            self.broken = self.broken | _FAULTS[name]
+            return None
+
+    def _read(self, driver, name, reading):
+        if driver is None:
+            return self.broken & _FAULTS[name]
+        try:
+            return driver.read_into(reading)
+        except Exception as exc:  # a driver bug must not cost the other sensors
+            _log("sensor", name, "failed:", repr(exc))
+            return _FAULTS[name]
 
     def encode(self):
         try:
@@ -100,17 +121,17 @@ def _read_raw_config():
         return json.load(f)
 
 
-def _device(board, cfg, boot):
+def _device(board, cfg):
     from lorawan.mac import Device
 
-    region = rtcmem.Region(board.rtc, rtcmem.MAC_OFFSET, 2048 - rtcmem.MAC_OFFSET)
     keys = {"dev_eui": cfg["dev_eui"]}
     if cfg["activation"] == "otaa":
         keys.update(join_eui=cfg["join_eui"], app_key=cfg["app_key"])
     else:
         keys.update(dev_addr=cfg["dev_addr"], nwk_s_key=cfg["nwk_s_key"], app_s_key=cfg["app_s_key"])
-    return Device(board.radio(), region, "session.bin", data_rate=cfg["data_rate"],
-                  adr=cfg["adr"], battery=lambda: _battery_level(board), **keys)
+    return Device(board.radio(), board.rtc, SESSION_FILE, data_rate=cfg["data_rate"],
+                  adr=cfg["adr"], battery=lambda: _battery_level(board),
+                  rtc_offset=rtcmem.MAC_OFFSET, **keys)
 
 
 def _battery_level(board):
@@ -126,32 +147,32 @@ def cycle(board, cfg, boot, safe_mode):
     from lorawan.mac import DutyCycleDeferred
 
     node = AirNode(board, cfg, boot, safe_mode)
-    device = _device(board, cfg, boot)
-    if not device.joined:
-        if not device.join(cfg["join_tries"]):
-            _log("join failed; retrying after", _JOIN_RETRY_MS, "ms")
-            return _JOIN_RETRY_MS
-        _log("joined")
+    device = _device(board, cfg)
+    try:
+        if not device.joined:
+            if not device.join(cfg["join_tries"]):
+                _log("join failed; retrying after", _JOIN_RETRY_MS, "ms")
+                return _JOIN_RETRY_MS
+            _log("joined, DevAddr", device.dev_addr.hex())
+    except DutyCycleDeferred as wait:
+        _log("duty cycle: join deferred by", wait.wait_ms, "ms")
+        return wait.wait_ms
     pending = boot.pending_uplink()
     if pending is None:
         node.measure()
         fport, data = node.encode()
     else:
         fport, data = pending
-        _log("sending uplink deferred by the duty cycle")
+        _log("sending the uplink the duty cycle deferred")
     confirmed = cfg["confirmed_every"] and boot.boots % cfg["confirmed_every"] == 0
-    while True:
-        try:
-            result = device.send(fport, data, confirmed=bool(confirmed))
-            break
-        except DutyCycleDeferred as wait:
-            if wait.wait_ms > _SHORT_WAIT_MS:
-                boot.defer(fport, data)
-                _log("duty cycle: uplink deferred by", wait.wait_ms, "ms")
-                return wait.wait_ms
-            time.sleep_ms(wait.wait_ms)
+    try:
+        result = device.send(fport, data, confirmed=bool(confirmed), max_wait_ms=_SHORT_WAIT_MS)
+    except DutyCycleDeferred as wait:
+        boot.defer(fport, data)  # this reading goes out after the wait, not a later one
+        _log("duty cycle: uplink deferred by", wait.wait_ms, "ms")
+        return wait.wait_ms
     boot.clear_pending()
-    _log("uplink fcnt", device.fcnt_up - 1, "port", fport, "bytes", len(data), data.hex())
+    _log("uplink fcnt", device.fcnt_up - 1, "port", fport, "payload", data.hex())
     if result.fport is not None and result.payload:
         node.apply_downlink(result.fport, result.payload)
     return node.interval_ms()

@@ -106,7 +106,7 @@ def _mount_flash_as_root(flash, state):
 
 
 def start():
-    runtime = sys.path[0]
+    runtime = sys.path[0]  # the directory of this script: the runtime (ROM)
     flash = os.getenv("ALLMENDE_VBOARD_FLASH")
     if flash:
         runtime = _mount_flash_as_root(flash, os.getenv("ALLMENDE_VBOARD_MOUNT"))
