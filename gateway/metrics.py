@@ -113,6 +113,12 @@ class Metrics:
             ["error"],
             registry=r,
         )
+        self.serial_lines = Counter(
+            P + "serial_lines_total",
+            "Lines from serial LoRa bridges, by verb",
+            ["verb"],
+            registry=r,
+        )
         self.devices = Gauge(P + "devices", "Devices in the device list", registry=r)
         self.device_reload_errors = Counter(
             P + "device_list_errors_total", "Device file loads that failed", registry=r
