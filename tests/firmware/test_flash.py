@@ -1,0 +1,213 @@
+"""`allmende node flash/info/selftest` against the virtual board on a pty: provisioning works
+and is safe to repeat, and every refusal says what to do and leaves the board untouched."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from allmende.boards import load_board
+from allmende.boards.virtual.pty_board import PtyBoard
+from allmende.firmware import flash
+
+from allmende.cli import main
+
+DEV_EUI = "70B3D57ED0000001"
+BUNDLE = {
+    "device": "aq-marktplatz-01",
+    "dev_eui": DEV_EUI,
+    "join_eui": "0000000000000000",
+    "app_key": "2B7E151628AED2A6ABF7158809CF4F3C",
+    "interval_s": 120,
+}
+
+
+def snapshot(flash_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(flash_dir)): p.read_bytes()
+            for p in sorted(flash_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def board(tmp_path: Path) -> Iterator[PtyBoard]:
+    with PtyBoard(tmp_path / "board") as b:
+        yield b
+
+
+def write_bundle(tmp_path: Path, **changes: Any) -> Path:
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps({**BUNDLE, **changes}))
+    return path
+
+
+def node(*args: str) -> int:
+    return main(["node", *args])
+
+
+def test_flash_provisions_and_reflash_switches_slots(board: PtyBoard, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    bundle = write_bundle(tmp_path)
+    assert node("flash", "--board", "virtual", "--port", str(board.port), "--bundle",
+                str(bundle)) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "radio" in out and "sds011" in out
+    fl = board.flash
+    assert (fl / "slot").read_text() == "a"
+    assert json.loads((fl / "config.json").read_text())["dev_eui"] == DEV_EUI
+    assert json.loads((fl / "board.json").read_text())["name"] == "virtual"
+    assert (fl / "app_a" / "selftest.mpy").exists()
+    # Only what this board needs: its radio is an SX1276, so no SX126x driver.
+    assert (fl / "app_a" / "drivers" / "sx127x.mpy").exists()
+    assert not (fl / "app_a" / "drivers" / "sx126x.mpy").exists()
+    assert not list(fl.glob("*.new"))
+
+    # The same device again: the other slot, the LoRaWAN session and old config kept.
+    (fl / "lorawan.bin").write_bytes(b"session")
+    assert node("flash", "--board", "virtual", "--port", str(board.port), "--bundle",
+                str(bundle)) == 0
+    assert (fl / "slot").read_text() == "b"
+    assert (fl / "lorawan.bin").read_bytes() == b"session"
+    assert json.loads((fl / "config.json.old").read_text())["dev_eui"] == DEV_EUI
+
+    assert node("info", "--port", str(board.port)) == 0
+    info = capsys.readouterr().out
+    assert "slot         b" in info and DEV_EUI in info and "virtual" in info
+    assert BUNDLE["app_key"] not in info and "app_key" in info  # named, never shown
+    assert node("selftest", "--port", str(board.port)) == 0
+    assert "PASS" in capsys.readouterr().out
+
+
+def test_refusals_change_nothing(board: PtyBoard, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    port = str(board.port)
+    assert node("flash", "--board", "virtual", "--port", port, "--bundle",
+                str(write_bundle(tmp_path))) == 0
+    capsys.readouterr()
+    before = snapshot(board.flash)
+
+    # A bundle that names another device than the one being flashed.
+    assert node("flash", "--board", "virtual", "--port", port, "--device", "70B3D57ED0000002",
+                "--bundle", str(write_bundle(tmp_path))) == 2
+    err = capsys.readouterr().err
+    assert "is for device 70B3D57ED0000001, not 70B3D57ED0000002" in err
+    assert "Nothing on the board was changed" in err
+
+    # This board is another device already.
+    other = write_bundle(tmp_path, dev_eui="70B3D57ED0000009")
+    assert node("flash", "--board", "virtual", "--port", port, "--bundle", str(other)) == 2
+    assert "--reprovision" in capsys.readouterr().err
+
+    # A bundle bound to another chip.
+    chip = write_bundle(tmp_path, mac="02:42:ac:00:00:99")
+    assert node("flash", "--board", "virtual", "--port", port, "--bundle", str(chip)) == 2
+    assert "chip id 0242ac000099" in capsys.readouterr().err
+
+    # The wrong board type for what runs on the port.
+    assert node("flash", "--board", "heltec-v3", "--port", port, "--bundle",
+                str(write_bundle(tmp_path))) == 2
+    assert "check --board" in capsys.readouterr().err
+
+    # An invalid bundle.
+    bad = write_bundle(tmp_path, app_key="1234")
+    assert node("flash", "--board", "virtual", "--port", port, "--bundle", str(bad)) == 2
+    assert "app_key" in capsys.readouterr().err
+
+    assert snapshot(board.flash) == before
+
+
+def test_wrong_micropython_version_is_refused_with_what_to_install(board: PtyBoard) -> None:
+    definition = load_board("virtual")
+    definition["micropython"] = {**definition["micropython"], "version": "1.30",
+                                 "mpy_sub_version": 4}
+    before = snapshot(board.flash)
+    bundle = flash.parse_bundle(dict(BUNDLE), source="test")
+    with pytest.raises(flash.FlashError) as refused:
+        flash.flash(str(board.port), definition, bundle, say=lambda s: None)
+    message = str(refused.value)
+    assert "runs MicroPython 1.29.0" in message and "needs MicroPython 1.30 (.mpy v6.4)" in message
+    assert "Install MicroPython 1.30" in message
+    assert not refused.value.changed
+    assert snapshot(board.flash) == before
+
+
+def test_reprovision_drops_the_old_devices_session(board: PtyBoard, tmp_path: Path) -> None:
+    port = str(board.port)
+    assert node("flash", "--board", "virtual", "--port", port, "--bundle",
+                str(write_bundle(tmp_path))) == 0
+    (board.flash / "lorawan.bin").write_bytes(b"old session")
+    other = write_bundle(tmp_path, dev_eui="70B3D57ED0000009")
+    assert node("flash", "--board", "virtual", "--port", port, "--bundle", str(other),
+                "--reprovision") == 0
+    assert json.loads((board.flash / "config.json").read_text())["dev_eui"] == "70B3D57ED0000009"
+    # (the new firmware may have started a session of its own since)
+    session = board.flash / "lorawan.bin"
+    assert not session.exists() or session.read_bytes() != b"old session"
+    assert not (board.flash / "config.json.old").exists()
+
+
+def test_missing_port_and_missing_bundle(capsys: pytest.CaptureFixture[str],
+                                         tmp_path: Path) -> None:
+    assert node("flash", "--board", "virtual", "--port", "/dev/ttyUSB77", "--bundle",
+                str(write_bundle(tmp_path))) == 2
+    err = capsys.readouterr().err
+    assert "there is no serial port /dev/ttyUSB77" in err and "dialout" in err
+    assert node("info", "--port", "/dev/ttyUSB77") == 2
+    with pytest.raises(SystemExit):
+        node("flash", "--board", "virtual", "--bundle", "x.json")  # no --port at all
+
+
+class _Fleet(BaseHTTPRequestHandler):
+    reports: list[dict[str, Any]] = []
+    tokens: list[str] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def _reply(self, code: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self.tokens.append(self.headers.get("Authorization", ""))
+        if self.path == f"/api/v1/devices/{DEV_EUI}/bundle":
+            self._reply(200, {"dev_eui": DEV_EUI, "join_eui": BUNDLE["join_eui"],
+                              "app_key": BUNDLE["app_key"], "kind": "air_quality",
+                              "board": "virtual", "home_gateway_id": "gw-1",
+                              "region": "EU868", "activation": "OTAA"})
+        else:
+            self._reply(404, {"detail": "not found"})
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", 0))
+        self.reports.append(json.loads(self.rfile.read(length)))
+        self._reply(201, {"ok": True})
+
+
+def test_bundle_from_the_fleet_and_report_back(board: PtyBoard,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Fleet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert node("flash", "--board", "virtual", "--port", str(board.port), "--fleet", url,
+                    "--token", "t0ken", "--device", DEV_EUI) == 0
+        # A device the fleet does not know: refused, nothing written.
+        before = snapshot(board.flash)
+        assert node("flash", "--board", "virtual", "--port", str(board.port), "--fleet", url,
+                    "--token", "t0ken", "--device", "70B3D57ED00000FF") == 2
+        assert snapshot(board.flash) == before
+    finally:
+        server.shutdown()
+    assert _Fleet.tokens[0] == "Bearer t0ken"
+    report = _Fleet.reports[-1]
+    assert report["dev_eui"] == DEV_EUI and report["ok"] is True
+    assert report["selftest"]["radio"]["ok"] is True
+    assert "flash report recorded" in capsys.readouterr().out
