@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,13 +13,6 @@ import pytest
 from allmende.boards.virtual import unix_port
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.cmac import CMAC
-
-VECTORS_PATH = Path(
-    os.environ.get(
-        "ALLMENDE_VECTORS",
-        Path(__file__).resolve().parents[3] / "shared" / "vectors" / "lorawan.json",
-    )
-)
 
 # Runs inside MicroPython next to the firmware: everything a MAC test needs around the MAC.
 LWFAKES = '''
@@ -266,13 +258,6 @@ class Network:
             key = nwk if fport == 0 else app
             msg += bytes([fport]) + cls.crypt(key, 1, dev_addr, fcnt, payload)
         return msg + cls.mic(nwk, 1, dev_addr, fcnt, msg)
-
-
-@pytest.fixture(scope="session")
-def lw_vectors() -> dict:
-    if not VECTORS_PATH.exists():
-        pytest.skip(f"LoRaWAN vectors not found at {VECTORS_PATH}")
-    return json.loads(VECTORS_PATH.read_text())
 
 
 @pytest.fixture(scope="session")
