@@ -47,7 +47,7 @@ def compile_app(out: Path, *, arch: str | None = None) -> list[Path]:
         args = [cmd, "-o", str(target), "-s", str(rel.with_suffix(".py"))]
         if arch:
             args.append(f"-march={arch}")
-        proc = subprocess.run([*args, str(src)], capture_output=True, text=True)
+        proc = subprocess.run(args + [str(src)], capture_output=True, text=True)
         if proc.returncode != 0:
             raise BuildError(f"mpy-cross failed on {src}: {proc.stderr.strip()}")
         built.append(target)

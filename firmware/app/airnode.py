@@ -27,10 +27,9 @@ def _log(*args):
 
 
 class AirNode:
-    def __init__(self, board, cfg, boot, safe_mode):
+    def __init__(self, board, cfg, safe_mode):
         self.board = board
         self.cfg = cfg
-        self.boot = boot
         self.safe_mode = safe_mode
         self.buf = bytearray(payload.max_size(payload.FPORT_AIR_QUALITY, 1))
         self.reading = {}
@@ -97,21 +96,22 @@ class AirNode:
             n = payload.encode_into(self.buf, payload.FPORT_AIR_QUALITY, self.reading)
         return payload.FPORT_AIR_QUALITY, bytes(self.buf[:n])
 
-    def apply_downlink(self, fport, data):
-        if fport == FPORT_CONFIG and len(data) == 4 and not self.safe_mode:
-            interval = int.from_bytes(data, "big")
-            raw = _read_raw_config()
-            raw["interval_s"] = interval
-            try:
-                config.save(raw)
-                self.cfg["interval_s"] = interval
-                _log("interval set to", interval, "s")
-            except ValueError as exc:
-                _log("config downlink rejected:", exc)
 
-    def interval_ms(self):
-        key = "safe_mode_interval_s" if self.safe_mode else "interval_s"
-        return int(self.cfg[key] * 1000)
+def apply_downlink(cfg, safe_mode, fport, data):
+    if fport == FPORT_CONFIG and len(data) == 4 and not safe_mode:
+        interval = int.from_bytes(data, "big")
+        raw = _read_raw_config()
+        raw["interval_s"] = interval
+        try:
+            config.save(raw)
+            cfg["interval_s"] = interval
+            _log("interval set to", interval, "s")
+        except ValueError as exc:
+            _log("config downlink rejected:", exc)
+
+
+def interval_ms(cfg, safe_mode):
+    return int(cfg["safe_mode_interval_s" if safe_mode else "interval_s"] * 1000)
 
 
 def _read_raw_config():
@@ -146,7 +146,18 @@ def cycle(board, cfg, boot, safe_mode):
     """One wake's work; returns how long to deep-sleep, in ms."""
     from lorawan.mac import DutyCycleDeferred
 
-    node = AirNode(board, cfg, boot, safe_mode)
+    node = AirNode(board, cfg, safe_mode)
+    pending = boot.pending_uplink()
+    if pending is None:
+        node.measure()
+        fport, data = node.encode()
+    else:
+        fport, data = pending
+        _log("sending the uplink the duty cycle deferred")
+    # The sensor drivers are done for this wake: their code leaves the heap before the MAC
+    # and the radio driver come in, so the two never need RAM at the same time.
+    del node
+    _unload("drivers.sds011", "drivers.bme280", "drivers.scd4x")
     device = _device(board, cfg)
     try:
         if not device.joined:
@@ -157,13 +168,6 @@ def cycle(board, cfg, boot, safe_mode):
     except DutyCycleDeferred as wait:
         _log("duty cycle: join deferred by", wait.wait_ms, "ms")
         return wait.wait_ms
-    pending = boot.pending_uplink()
-    if pending is None:
-        node.measure()
-        fport, data = node.encode()
-    else:
-        fport, data = pending
-        _log("sending the uplink the duty cycle deferred")
     confirmed = cfg["confirmed_every"] and boot.boots % cfg["confirmed_every"] == 0
     try:
         result = device.send(fport, data, confirmed=bool(confirmed), max_wait_ms=_SHORT_WAIT_MS)
@@ -174,8 +178,17 @@ def cycle(board, cfg, boot, safe_mode):
     boot.clear_pending()
     _log("uplink fcnt", device.fcnt_up - 1, "port", fport, "payload", data.hex())
     if result.fport is not None and result.payload:
-        node.apply_downlink(result.fport, result.payload)
-    return node.interval_ms()
+        apply_downlink(cfg, safe_mode, result.fport, result.payload)
+    return interval_ms(cfg, safe_mode)
+
+
+def _unload(*modules):
+    import gc
+    import sys
+
+    for name in modules:
+        sys.modules.pop(name, None)
+    gc.collect()
 
 
 def run():

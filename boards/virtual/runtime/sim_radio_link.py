@@ -72,6 +72,8 @@ class RadioLink:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind(socket.getaddrinfo("0.0.0.0", 0)[0][-1])
         self._sock.setblocking(False)
+        self._rx = bytearray(_MAX_DATAGRAM)
+        self._rx_mv = memoryview(self._rx)
         self.send_errors = 0
 
     def send_tx(self, freq, sf, bw, cr, data, ipol=False, sync=PUBLIC_SYNC_WORD):
@@ -90,12 +92,16 @@ class RadioLink:
     def receive(self):
         """Next well-formed rx message (`data` as bytes), or None if none is waiting."""
         while True:
+            # Into one preallocated buffer: the radio is polled every few milliseconds, and a
+            # fresh 1 KB per poll would churn and fragment the heap the firmware lives in.
             try:
-                raw = self._sock.recvfrom(_MAX_DATAGRAM)[0]
+                n = self._sock.readinto(self._rx)
             except OSError:
                 return None
+            if not n:
+                return None
             try:
-                msg = json.loads(raw)
+                msg = json.loads(bytes(self._rx_mv[:n]))
                 if msg.get("type") != "rx":
                     continue
                 msg["data"] = unhexlify(msg["data"])

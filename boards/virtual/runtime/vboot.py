@@ -115,6 +115,10 @@ def start():
     # As on a board: the flash root and its lib/ — with the virtual hardware shadowing the
     # unix port's partial `machine` module.
     sys.path[:] = [runtime, "", ".frozen", "lib"]
+    import vdevices
+
+    vdevices.power_on()
+    del vdevices
     scope = {"__name__": "__main__"}
     _run("boot.py", scope)
     # "raw": restarting into the raw REPL; "interrupted": woken from deep sleep by Ctrl-C.

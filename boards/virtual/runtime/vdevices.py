@@ -1,7 +1,7 @@
 """Wires the simulated devices to the virtual board's buses and pins, per the board definition.
 
-Built on first use from the hardware definition in the state directory, so a wake that
-never touches a bus pays nothing. `machine` asks here which device answers an I2C address,
+Built from the hardware definition in the state directory when the board powers on
+(vboot), or on first use where a test drives the runtime directly. `machine` asks here which device answers an I2C address,
 sits on a UART, or is selected on an SPI bus by its chip-select pin.
 """
 
@@ -76,6 +76,12 @@ def _get():
     if _hw is None:
         _hw = _Hardware()
     return _hw
+
+
+def power_on():
+    """Builds the simulated hardware now, before any firmware runs: like silicon it exists
+    first, and its memory sits below the firmware's instead of fragmenting it."""
+    _get()
 
 
 def environment():
