@@ -43,6 +43,7 @@ MPY_ARCHES = ("none", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "arm
               "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc")
 MCU_PLATFORM = {"unix": "linux"}  # sys.platform per board "mcu"; esp32* boards say "esp32"
 DOWNLOADS = "https://micropython.org/download/"
+READ_TIMEOUT_S = 10
 PORT_HELP = ("check the cable and the port name (ls /dev/ttyUSB* /dev/ttyACM*), that you may "
              "use it (group dialout: sudo usermod -aG dialout $USER, then log in again), and "
              "that no other program (a serial terminal, mpremote) holds it open")
@@ -242,9 +243,12 @@ class Connection:
                 if time.monotonic() >= deadline:
                     raise FlashError(f"no board answers on {port}: {PORT_HELP}") from None
                 time.sleep(0.2)
+        # mpremote reads a pty without a timeout; a board that dies mid-command (power cut)
+        # must end in an error, not a flasher waiting forever.
+        self.t.serial.timeout = READ_TIMEOUT_S
         try:
             self.t.enter_raw_repl(soft_reset=soft_reset)
-        except TransportError as exc:
+        except (TransportError, OSError) as exc:
             self.t.close()
             raise FlashError(f"the device on {port} does not answer like MicroPython ({exc}); "
                              f"is MicroPython installed? Get it from {DOWNLOADS}") from None
@@ -266,7 +270,7 @@ class Connection:
     def run(self, code: str, *, timeout: float = 30) -> str:
         try:
             out, err = self.t.exec_raw(code, timeout=timeout)
-        except self._error as exc:
+        except (self._error, OSError) as exc:
             raise FlashError(f"lost the board on {self.port}: {exc}", changed=True) from None
         if err:
             raise FlashError(f"the board reported an error: {err.decode(errors='replace')}",
@@ -283,7 +287,7 @@ class Connection:
         """Hard reset (machine.reset), then the connection is closed."""
         try:
             self.t.exec_raw_no_follow("import time, machine\ntime.sleep_ms(50)\nmachine.reset()")
-        except self._error:
+        except (self._error, OSError):
             pass
         self.t.in_raw_repl = False
         try:
@@ -551,7 +555,7 @@ def run_selftest(port: str, *, timeout: float = 120, wait_s: float = 0,
                 "import selftest\nselftest.run()\n")
         try:
             out, err = conn.t.exec_raw(code, timeout=timeout)
-        except conn._error as exc:
+        except (conn._error, OSError) as exc:
             raise FlashError(f"the self-test did not finish: {exc}", changed=True) from None
     text = out.decode("utf-8", "replace")
     lines = [ln.rstrip() for ln in text.splitlines() if ln.startswith("selftest:")]
