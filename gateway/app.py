@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sys
 import time
 from collections import deque
 from typing import Any
@@ -370,6 +372,9 @@ class Gateway:
 
 
 def run(config: GatewayConfig) -> int:
+    # The outbox writer thread needs the GIL for a moment per SQLite statement; with the
+    # default 5 ms switch interval a busy event loop makes every such moment wait up to 5 ms.
+    sys.setswitchinterval(float(os.environ.get("ALLMENDE_GIL_SWITCH_S", "0.001")))
     gateway = Gateway(config)
     try:
         asyncio.run(gateway.run())

@@ -197,7 +197,8 @@ def decode(datagram: bytes, *, max_size: int = MAX_DATAGRAM_SIZE) -> Packet:
 
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
-        obj = json.loads(body)
+        # GWMP says UTF-8; decoding first spares json.loads its encoding detection.
+        obj = json.loads(body.decode())
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise GwmpError("bad_json", str(exc)[:120]) from None
     except RecursionError:
@@ -294,34 +295,60 @@ def _field(obj: dict[str, Any], name: str, kinds: tuple[type, ...]) -> Any:
     return value
 
 
+def _number(obj: dict[str, Any], name: str) -> float | int:
+    # The hot path's version of _field for numbers: exact type checks are cheaper.
+    value: Any = obj.get(name)
+    kind = type(value)
+    if kind is float:
+        if value - value != 0.0:  # NaN or an infinity (Python's json accepts both)
+            raise GwmpError("bad_rxpk", f"field {name!r} is not a finite number")
+        return float(value)
+    if kind is int:
+        return int(value)
+    raise GwmpError("bad_rxpk", f"field {name!r} missing or not a number")
+
+
+_DATR_TABLE = {f"SF{sf}BW{bw}": (sf, bw) for sf in range(5, 13) for bw in _LORA_BW_KHZ}
+
+
 def parse_rxpk(rxpk: Any) -> RxPacket:
     """Checks and converts one rxpk object. Raises GwmpError("bad_rxpk") naming the field."""
-    if not isinstance(rxpk, dict):
+    if type(rxpk) is not dict:
         raise GwmpError("bad_rxpk", "rxpk entry is not an object")
-    if rxpk.get("modu", "LORA") != "LORA":
-        raise GwmpError("bad_rxpk", f"modulation {rxpk.get('modu')!r} is not LORA")
+    get = rxpk.get
+    if get("modu", "LORA") != "LORA":
+        raise GwmpError("bad_rxpk", f"modulation {get('modu')!r} is not LORA")
+    text = get("data")
+    if type(text) is not str:
+        raise GwmpError("bad_rxpk", "field 'data' missing or not a string")
     try:
-        data = base64.b64decode(_field(rxpk, "data", (str,)), validate=True)
+        data = binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError):
         raise GwmpError("bad_rxpk", "field 'data' is not base64") from None
-    sf, bw = parse_datr(rxpk.get("datr"))  # type: ignore[arg-type]
-    freq = _field(rxpk, "freq", (float, int))
-    tmst = _field(rxpk, "tmst", (int,))
-    stat = rxpk.get("stat", 1)
-    time = rxpk.get("time")
+    rate = get("datr")
+    sf_bw = _DATR_TABLE.get(rate) if type(rate) is str else None
+    if sf_bw is None:
+        raise GwmpError("bad_rxpk", f"datr {rate!r} is not a LoRa data rate")
+    freq = _number(rxpk, "freq")
+    tmst = get("tmst")
+    if type(tmst) is not int:
+        raise GwmpError("bad_rxpk", "field 'tmst' missing or not an integer")
+    rssi = _number(rxpk, "rssi")
+    snr = _number(rxpk, "lsnr") if "lsnr" in rxpk else 0.0
+    codr, chan, rfch, time = get("codr"), get("chan"), get("rfch"), get("time")
     return RxPacket(
-        data=data,
-        freq_hz=int(round(freq * 1e6)),
-        sf=sf,
-        bw_khz=bw,
-        tmst=tmst & 0xFFFFFFFF,
-        rssi=float(_field(rxpk, "rssi", (int, float))),
-        snr=float(_field(rxpk, "lsnr", (int, float))) if "lsnr" in rxpk else 0.0,
-        crc_ok=stat == 1,
-        codr=str(rxpk.get("codr", "4/5")),
-        chan=int(rxpk.get("chan", 0)) if isinstance(rxpk.get("chan"), int) else 0,
-        rfch=int(rxpk.get("rfch", 0)) if isinstance(rxpk.get("rfch"), int) else 0,
-        time=time if isinstance(time, str) else None,
+        data,
+        int(round(freq * 1e6)),
+        sf_bw[0],
+        sf_bw[1],
+        tmst & 0xFFFFFFFF,
+        float(rssi),
+        float(snr),
+        get("stat", 1) == 1,
+        codr if type(codr) is str else "4/5",
+        chan if type(chan) is int else 0,
+        rfch if type(rfch) is int else 0,
+        time if type(time) is str else None,
     )
 
 

@@ -61,7 +61,7 @@ class Reception:
     path: str = "gwmp"
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Session:
     """A LoRaWAN session of one device. Persistent fields are those of `snapshot()`."""
 
@@ -136,7 +136,7 @@ class QueuedDownlink:
     ref: str | None = None  # the fleet's id for it, echoed in logs
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Uplink:
     """An accepted uplink (data or join) and every copy of it heard within the dedupe window."""
 

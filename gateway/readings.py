@@ -38,20 +38,21 @@ class TimeFormatter:
         return f"{self._prefix}.{int((t - second) * 1000):03d}Z"
 
 
-_FIELD_CACHE: dict[tuple[int, int], list[tuple[str, str, str, int]]] = {}
+_FIELD_CACHE: dict[tuple[int, int], list[tuple[str, str]]] = {}
 
 
-def _fields(fport: int, version: int) -> list[tuple[str, str, str, int]]:
-    """(field name, quantity as JSON, unit as JSON, decimal digits) of a format, cached."""
+def _fields(fport: int, version: int) -> list[tuple[str, str]]:
+    """(field name, %-template of its [quantity, value, unit] entry) of a format, cached."""
     key = (fport, version)
     cached = _FIELD_CACHE.get(key)
     if cached is None:
         cached = []
         for name, quantity, unit, resolution in payload.fields(fport, version):
-            # Round to the codec's resolution: 1/10 -> 1 digit, 1/100 -> 2; the wire value
+            # Print at the codec's resolution: 1/10 -> 1 digit, 1/100 -> 2; the wire value
             # is exact at that resolution, the float division is not.
             digits = max(0, math.ceil(-math.log10(resolution) - 1e-9))
-            cached.append((name, json.dumps(quantity), json.dumps(unit), digits))
+            q, u = (json.dumps(x).replace("%", "%%") for x in (quantity, unit))
+            cached.append((name, f"[{q},%.{digits}f,{u}]"))
         _FIELD_CACHE[key] = cached
     return cached
 
@@ -85,14 +86,15 @@ def record(
     """
     decoded = payload.decode(fport, data)
     values = [
-        f"[{quantity},{round(value, digits)!r},{unit}]"
-        for name, quantity, unit, digits in _fields(fport, decoded["version"])
+        template % value
+        for name, template in _fields(fport, decoded["version"])
         if (value := decoded.get(name)) is not None
     ]
     # Hand-built JSON (this runs for every uplink): strings from outside go through json.dumps,
-    # numbers are finite floats/ints (gwmp.parse_rxpk refuses NaN and infinities).
+    # numbers are finite floats/ints (gwmp.parse_rxpk refuses NaN and infinities), the time
+    # is TimeFormatter's plain ASCII.
     text = (
-        f"[{_js(dev_eui)},{_js(session)},{int(fcnt)},{_js(time_iso)},{float(rssi)!r},"
+        f'[{_js(dev_eui)},{_js(session)},{int(fcnt)},"{time_iso}",{float(rssi)!r},'
         f"{float(snr)!r},{_js(decoded['kind'])},{_flags_json(decoded['flags'])},{_js(fw)},"
         f"[{','.join(values)}]]"
     )
