@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from allmende.gateway.config import ConfigError, load_config
 from allmende.gateway.devices import DeviceListError, load_devices
 
@@ -35,7 +34,8 @@ def test_example_config_loads():
             "udp.listen",
         ),
         (
-            '[gateway]\nid = "a"\ndata_dir = "d"\ndevices = "x"\n[udp]\n[network]\ndev_addr_prefix = "26/7"\n',
+            '[gateway]\nid = "a"\ndata_dir = "d"\ndevices = "x"\n[udp]\n'
+            '[network]\ndev_addr_prefix = "26/7"\n',
             "dev_addr_prefix",
         ),
         (
@@ -58,7 +58,8 @@ def test_device_file_toml_and_errors(tmp_path):
         '[[devices]]\ndev_eui = "70B3D57ED0000001"\njoin_eui = "0000000000000001"\n'
         'app_key = "000102030405060708090a0b0c0d0e0f"\nkind = "air_quality"\n\n'
         '[[devices]]\ndev_eui = "70-b3-d5-7e-d0-00-00-02"\ndev_addr = "26011234"\n'
-        'nwk_s_key = "00112233445566778899aabbccddeeff"\napp_s_key = "ffeeddccbbaa99887766554433221100"\n'
+        'nwk_s_key = "00112233445566778899aabbccddeeff"\n'
+        'app_s_key = "ffeeddccbbaa99887766554433221100"\n'
         'kind = "air_quality"\nfw = "0.1.0"\n'
     )
     devices = load_devices(good)
