@@ -6,6 +6,7 @@ cuts, sensor faults) and are skipped on a real board."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -40,6 +41,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fault_injection: needs the virtual board's fault hooks; skipped on real boards")
+    config.addinivalue_line(
+        "markers", "hears_the_air: listens to the node's uplinks on the virtual radio medium; "
+        "skipped on real boards (there a gateway job does it)")
     board = config.getoption("--board", default="virtual")
     board_type = config.getoption("--board-type", default=None)
     if board != "virtual" and not board_type:
@@ -60,6 +64,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if board != "virtual" and item.get_closest_marker("fault_injection"):
             item.add_marker(pytest.mark.skip(
                 reason=f"needs fault injection, only the virtual board has it (board: {board})"))
+        elif board != "virtual" and item.get_closest_marker("hears_the_air"):
+            item.add_marker(pytest.mark.skip(
+                reason=f"hears uplinks on the virtual radio medium only (board: {board})"))
 
 
 @dataclass
@@ -70,6 +77,7 @@ class HilBoard:
     type: str
     bundle: Path
     virtual: object | None  # allmende.boards.virtual.pty_board.PtyBoard
+    air: socket.socket | None = None  # the virtual radio medium: the node's frames arrive here
 
     def mpremote(self, *args: str, check: bool = True,
                  timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -102,12 +110,16 @@ def board(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         from allmende.boards.virtual.pty_board import PtyBoard
 
         board_type = config.getoption("--board-type") or "virtual"
-        virtual = PtyBoard(tmp_path_factory.mktemp("vboard"), board=board_type)
+        air = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        air.bind(("127.0.0.1", 0))
+        virtual = PtyBoard(tmp_path_factory.mktemp("vboard"), board=board_type,
+                           medium=air.getsockname())
         port = virtual.start()
         try:
-            yield HilBoard(port=port, type=board_type, bundle=bundle, virtual=virtual)
+            yield HilBoard(port=port, type=board_type, bundle=bundle, virtual=virtual, air=air)
         finally:
             virtual.stop()
+            air.close()
         return
     if not Path(where).exists():
         pytest.fail(f"--board {where}: there is no such serial port; is the board plugged in, "
