@@ -1,0 +1,101 @@
+"""NGSI-LD entities (FIWARE Smart Data Models) from normalized readings.
+
+One entity per device, its properties the latest values of one uplink, for an upsert
+(`POST /ngsi-ld/v1/entityOperations/upsert?options=update`, `application/ld+json`).
+Units are UN/CEFACT common codes, as the models ask (`unitCode`). Only this mapping exists
+so far; no forwarder sends it yet (no NGSI-LD broker is available to test against here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+CONTEXT = [
+    "https://raw.githubusercontent.com/smart-data-models/dataModel.Environment/master/context.jsonld",
+    "https://raw.githubusercontent.com/smart-data-models/dataModel.Parking/master/context.jsonld",
+    "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld",
+]
+
+# quantity -> (AirQualityObserved attribute, UN/CEFACT unit code, factor to the model's unit)
+AIR_QUALITY: dict[str, tuple[str, str, float]] = {
+    "PM2.5": ("pm25", "GQ", 1.0),  # microgram per cubic metre
+    "PM10": ("pm10", "GQ", 1.0),
+    "air_temperature": ("temperature", "CEL", 1.0),
+    "relative_humidity": ("relativeHumidity", "C62", 0.01),  # the model wants 0..1
+    "air_pressure": ("atmosphericPressure", "A97", 1.0),  # hectopascal
+    "CO2": ("co2", "59", 1.0),  # ppm
+    "battery_voltage": ("batteryVoltage", "VLT", 1.0),
+}
+
+
+@dataclass(frozen=True)
+class Observation:
+    device: str
+    kind: str
+    quantity: str
+    value: float
+    unit: str
+    time: datetime
+    flags: tuple[str, ...] = ()
+
+
+def _iso(t: datetime) -> str:
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def _location(lat: float | None, lon: float | None) -> dict[str, Any] | None:
+    if lat is None or lon is None:
+        return None
+    return {"type": "GeoProperty", "value": {"type": "Point", "coordinates": [lon, lat]}}
+
+
+def air_quality_observed(device: str, observations: Iterable[Observation], *,
+                         latitude: float | None = None,
+                         longitude: float | None = None) -> dict[str, Any]:
+    """An AirQualityObserved entity from one device's observations (latest value wins)."""
+    latest: dict[str, Observation] = {}
+    for o in observations:
+        if o.quantity in AIR_QUALITY and (o.quantity not in latest
+                                          or o.time >= latest[o.quantity].time):
+            latest[o.quantity] = o
+    if not latest:
+        raise ValueError(f"no air-quality quantity among the observations of {device}")
+    entity: dict[str, Any] = {
+        "id": f"urn:ngsi-ld:AirQualityObserved:{device}",
+        "type": "AirQualityObserved",
+        "dateObserved": {"type": "Property", "value": {
+            "@type": "DateTime", "@value": _iso(max(o.time for o in latest.values()))}},
+        "refDevice": {"type": "Relationship", "object": f"urn:ngsi-ld:Device:{device}"},
+    }
+    for quantity, o in latest.items():
+        name, unit_code, factor = AIR_QUALITY[quantity]
+        entity[name] = {"type": "Property", "value": round(o.value * factor, 6),
+                        "unitCode": unit_code, "observedAt": _iso(o.time)}
+    location = _location(latitude, longitude)
+    if location:
+        entity["location"] = location
+    return entity
+
+
+def parking_spot(device: str, occupied: bool, time: datetime, *,
+                 latitude: float | None = None, longitude: float | None = None) -> dict[str, Any]:
+    """A ParkingSpot entity: status free / occupied, observed at `time`."""
+    entity: dict[str, Any] = {
+        "id": f"urn:ngsi-ld:ParkingSpot:{device}",
+        "type": "ParkingSpot",
+        "status": {"type": "Property", "value": "occupied" if occupied else "free",
+                   "observedAt": _iso(time)},
+        "refDevice": {"type": "Relationship", "object": f"urn:ngsi-ld:Device:{device}"},
+    }
+    location = _location(latitude, longitude)
+    if location:
+        entity["location"] = location
+    return entity
+
+
+def upsert_body(entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The upsert payload: each entity carries the @context (application/ld+json)."""
+    return [{**e, "@context": CONTEXT} for e in entities]
