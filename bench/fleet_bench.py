@@ -211,6 +211,7 @@ def main() -> int:
                         help="readings in the database for the latency runs (issue: 10M)")
     parser.add_argument("--only", choices=["sqlite", "postgres"])
     parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--skip-ingest", action="store_true")
     args = parser.parse_args()
     backends = [b for b in ("sqlite", "postgres") if args.only in (None, b)]
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp, \
@@ -230,9 +231,10 @@ def main() -> int:
                 conn.execute(sa.text(f"CREATE DATABASE bench{n}"))
             return f"{base}/bench{n}"
 
-        print(f"ingest: {args.readings:,} readings (uplinks of 5 quantities) in messages of 100, "
-              "QoS 1, 1000 devices")
-        for backend in backends:
+        if not args.skip_ingest:
+            print(f"ingest: {args.readings:,} readings (uplinks of 5 quantities) in messages of "
+                  "100, QoS 1, 1000 devices")
+        for backend in backends if not args.skip_ingest else []:
             for workers in (1, 2):
                 rate = bench_ingest(fresh(backend), broker.port, workers=workers,
                                     readings=args.readings)

@@ -125,11 +125,12 @@ def parse_up(topic_gateway: str, payload: bytes) -> tuple[list[ReadingIn], int]:
 
 
 def _dialect_insert(session: Session, table: Any) -> Any:
+    """INSERT with the backend's ON CONFLICT support (SQLite and PostgreSQL both have it)."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
     if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
+        return postgresql.insert(table)
+    return sqlite.insert(table)
 
 
 _READING_COLUMNS = ("key", "device", "kind", "quantity", "value", "unit", "time", "fcnt",
@@ -161,13 +162,40 @@ def _insert_readings_copy(session: Session, rows: list[dict[str, Any]]) -> dict[
             "flags json, fw text) ON COMMIT DELETE ROWS")
         with cur.copy(f"COPY reading_in ({cols}) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row([json.dumps(row[c]) if c == "flags" else row[c]
-                                for c in _READING_COLUMNS])
+                row["flags"] = json.dumps(row["flags"]) if row["flags"] else "[]"
+                copy.write_row([row[c] for c in _READING_COLUMNS])
         cur.execute(f"INSERT INTO reading ({cols}) SELECT {cols} FROM reading_in "
                     "ON CONFLICT (key) DO NOTHING RETURNING id, key")
         inserted = {key: rid for rid, key in cur.fetchall()}
         cur.execute("TRUNCATE reading_in")
     return inserted
+
+
+_DEVICE_LIVE = ("last_seen", "rssi", "snr", "firmware_version", "battery", "state")
+
+
+def _update_device_rows(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Write the devices' live state: on PostgreSQL one UPDATE over unnested arrays, else one
+    executemany of one statement."""
+    if not rows:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        driver = session.connection().connection.driver_connection
+        with driver.cursor() as cur:  # type: ignore[union-attr]
+            cur.execute(
+                "UPDATE device AS d SET last_seen = v.last_seen, rssi = v.rssi, snr = v.snr, "
+                "firmware_version = v.fw, battery = v.battery, state = v.state FROM ("
+                "SELECT unnest(%s::bigint[]) AS id, unnest(%s::timestamptz[]) AS last_seen, "
+                "unnest(%s::float8[]) AS rssi, unnest(%s::float8[]) AS snr, "
+                "unnest(%s::text[]) AS fw, unnest(%s::float8[]) AS battery, "
+                "unnest(%s::text[]) AS state) AS v WHERE d.id = v.id",
+                [[r["id"] for r in rows], *([r[c] for r in rows] for c in _DEVICE_LIVE)])
+        return
+    table = Device.__table__  # type: ignore[attr-defined]
+    stmt = sa.update(table).where(table.c.id == sa.bindparam("device_id")).values(
+        {c: sa.bindparam(f"new_{c}") for c in _DEVICE_LIVE})
+    session.connection().execute(stmt, [
+        {"device_id": r["id"], **{f"new_{c}": r[c] for c in _DEVICE_LIVE}} for r in rows])
 
 
 def bump_counters(session: Session, values: dict[str, int]) -> None:
@@ -193,7 +221,8 @@ def _open_event(session: Session, *, kind: str, device: str | None = None,
 def _close_events(session: Session, *, kinds: Iterable[str], device: str | None = None,
                   gateway: str | None = None) -> None:
     session.execute(sa.update(Event).where(col(Event.kind).in_(list(kinds)),
-                                           Event.device == device, Event.gateway == gateway,
+                                           col(Event.device) == device,
+                                           col(Event.gateway) == gateway,
                                            col(Event.active).is_(True))
                     .values(active=False, resolved_at=utcnow()))
 
@@ -219,7 +248,8 @@ class ReadingStore:
             # than the insert itself.
             t = Device.__table__.c  # type: ignore[attr-defined]
             devices = {d.dev_eui: d for d in session.connection().execute(
-                sa.select(t.id, t.dev_eui, t.state, t.flat_ref, t.last_seen)
+                sa.select(t.id, t.dev_eui, t.state, t.flat_ref, t.last_seen, t.rssi, t.snr,
+                          t.firmware_version, t.battery)
                 .where(t.dev_eui.in_({r.device for r in unique.values()})))}
             accepted = []
             for r in unique.values():
@@ -242,7 +272,8 @@ class ReadingStore:
                          "attempts": 0, "next_attempt": utcnow()}
                         for r in public for t in self.targets])
                 self._update_devices(session, devices, new)
-                result.new_readings = [r.model_dump(mode="json") for r in public]
+                if self.settings.readings_topic:
+                    result.new_readings = [r.model_dump(mode="json") for r in public]
             bump_counters(session, {"readings_stored": result.stored,
                                     "readings_duplicate": result.duplicates,
                                     "readings_rejected": result.rejected,
@@ -288,7 +319,11 @@ class ReadingStore:
         updates: list[dict[str, Any]] = []
         for dev_eui, r in latest.items():
             device = devices[dev_eui]
-            change: dict[str, Any] = {"id": device.id}
+            # Every column, changed or not: one uniform statement for the whole batch.
+            change: dict[str, Any] = {
+                "id": device.id, "last_seen": device.last_seen, "rssi": device.rssi,
+                "snr": device.snr, "firmware_version": device.firmware_version,
+                "battery": device.battery, "state": device.state}
             if device.last_seen is None or r.time >= device.last_seen:
                 change.update(last_seen=r.time, rssi=r.rssi, snr=r.snr)
                 if r.fw:
@@ -307,15 +342,8 @@ class ReadingStore:
             if dev_eui in faulty:
                 raise_alert("sensor_fault", dev_eui, "; ".join(faulty[dev_eui])[:500])
             clear_alert("device_offline", dev_eui)
-            if len(change) > 1:
-                updates.append(change)
-        if updates:
-            # One executemany per set of columns (ORM bulk UPDATE by primary key).
-            by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for change in updates:
-                by_columns.setdefault(tuple(sorted(change)), []).append(change)
-            for rows in by_columns.values():
-                session.execute(sa.update(Device), rows)
+            updates.append(change)
+        _update_device_rows(session, updates)
 
     def gateway_status(self, gateway_id: str, payload: bytes) -> None:
         """A gateway's retained status (its last will says offline)."""
