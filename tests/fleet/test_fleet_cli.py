@@ -94,3 +94,19 @@ def test_render_table_aligns_columns() -> None:
     text = render_table([{"a": "x", "b": None}, {"a": "longer", "b": [1, 2]}],
                         [("a", "name"), ("b", "tags")])
     assert text.splitlines() == ["NAME    TAGS", "x       -", "longer  1,2"]
+
+
+def test_bootstrap_token_and_broker_files(settings: FleetSettings, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("ALLMENDE_DATABASE_URL", settings.database_url)
+    assert main(["fleet", "token", "ops", "--role", "operator"]) == 0
+    assert capsys.readouterr().out.strip().startswith("alm_")
+    assert main(["fleet", "token", "ops"]) == 1  # the name is taken
+    assert "already exists" in capsys.readouterr().err
+    assert main(["fleet", "broker", str(tmp_path / "broker")]) == 2  # no fleet broker user yet
+    monkeypatch.setenv("ALLMENDE_MQTT_USERNAME", "fleet")
+    monkeypatch.setenv("ALLMENDE_MQTT_PASSWORD", "s3cret-fleet")
+    assert main(["fleet", "broker", str(tmp_path / "broker")]) == 0
+    assert (tmp_path / "broker" / "passwd").read_text().startswith("fleet:$7$101$")
+    assert "topic readwrite allmende/#" in (tmp_path / "broker" / "acl").read_text()
