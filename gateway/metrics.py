@@ -96,6 +96,12 @@ class Metrics:
             ),
             registry=r,
         )
+        self.commit_duration = Histogram(
+            P + "outbox_transaction_seconds",
+            "Duration of one outbox transaction (SQLite work and fsync)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1, 2),
+            registry=r,
+        )
         self.receive_to_commit_max = Gauge(
             P + "receive_to_commit_max_seconds",
             "Largest receive-to-commit time since start",

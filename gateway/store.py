@@ -169,11 +169,13 @@ class Store:
             batch, self.batch = self.batch, Batch()
         if not batch:
             return True
+        started = time.perf_counter()
         try:
             result = self.outbox.write(batch)
         except OutboxError as exc:
             self._failed(batch, exc)
             return False
+        self.metrics.commit_duration.observe(time.perf_counter() - started)
         self._committed(batch, result, time.time())
         return True
 
