@@ -18,10 +18,9 @@ of its own; the harness relays bytes both ways and plays the chip where a proces
   pressing RST on a real board while mpremote connects and interrupts main.py.
 
 The unix port itself speaks the friendly REPL, the raw REPL and raw-paste mode. Inside, the
-board's flash directory is mounted as "/" (VfsPosix), so `mpremote fs` commands with
-relative or absolute paths act on the board's flash; the state directory (with a copy of the
-virtual-board runtime) is mounted at /.vboard and is visible there — the one difference from
-a board's root listing.
+board's flash directory is mounted as "/" (see vboot._BoardFs), so `mpremote fs` commands
+with relative or absolute paths act on the board's flash; the state directory (with the
+precompiled virtual-board runtime) is reachable as /.vboard, which no listing shows.
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 in one shared __main__ namespace, as MicroPython on an ESP32 does after reset.
 
 Behind a pty (allmende.boards.virtual.pty_board) the interpreter stays for the REPL
-afterwards (MICROPYINSPECT, unset again when boot.py/main.py exit), and the board's flash becomes the filesystem root: the
-harness sets ALLMENDE_VBOARD_FLASH (host path of the flash directory) and
-ALLMENDE_VBOARD_MOUNT (host path mounted at /.vboard: the state directory, holding a copy of
-this runtime). ALLMENDE_VBOARD_REPL=raw means the board restarts into the raw REPL, where a
+afterwards (MICROPYINSPECT, unset again when boot.py/main.py exit), and the board's flash
+becomes the filesystem root: the harness sets ALLMENDE_VBOARD_FLASH (host path of the flash
+directory) and ALLMENDE_VBOARD_MOUNT (host path of the state directory, holding the
+precompiled runtime; reachable as the hidden /.vboard). ALLMENDE_VBOARD_REPL=raw means the board restarts into the raw REPL, where a
 board runs boot.py but not main.py; "interrupted" skips main.py too (Ctrl-C woke the board).
 """
 
@@ -28,25 +28,36 @@ def _run(name, scope):
         raise
 
 
-class _HostDir:
-    """A host directory as a filesystem (the unix port's VfsPosix with a root), except that
-    rename() works: VfsPosix builds both paths of a rename in one buffer when it has a root,
-    so the old path is lost (ENOENT); here the rename goes through a root-less VfsPosix."""
+class _BoardFs:
+    """The board's filesystem behind the pty: the flash directory as "/", and the state
+    directory (with the runtime) under the hidden /.vboard, which no listing shows, so
+    `mpremote fs ls :/` sees only the flash and `rm -r :/` cannot reach the state.
 
-    def __init__(self, root):
+    Built on the unix port's VfsPosix, whose rename() loses the old path when it has a root
+    (both paths are built in one buffer: ENOENT); renames go through a root-less VfsPosix."""
+
+    HIDDEN = "/.vboard"
+
+    def __init__(self, flash, state):
         import vfs
 
-        self._root = root.rstrip("/")
-        self._fs = vfs.VfsPosix(root)
+        self._flash_root = flash.rstrip("/")
+        self._state_root = state.rstrip("/")
+        self._flash = vfs.VfsPosix(flash)
+        self._state = vfs.VfsPosix(state)
         self._host = vfs.VfsPosix()
 
-    def _host_path(self, path):
+    def _route(self, path):
         if not path.startswith("/"):
-            path = self._fs.getcwd().rstrip("/") + "/" + path
-        return self._root + path
+            path = self._flash.getcwd().rstrip("/") + "/" + path
+        if path == self.HIDDEN or path.startswith(self.HIDDEN + "/"):
+            return self._state, path[len(self.HIDDEN):] or "/", self._state_root
+        return self._flash, path, self._flash_root
 
     def rename(self, old, new):
-        self._host.rename(self._host_path(old), self._host_path(new))
+        _, old, old_root = self._route(old)
+        _, new, new_root = self._route(new)
+        self._host.rename(old_root + old, new_root + new)
 
     def mount(self, readonly, mkfs):
         pass
@@ -55,54 +66,59 @@ class _HostDir:
         pass
 
     def open(self, path, mode):
-        return self._fs.open(path, mode)
+        fs, path, _ = self._route(path)
+        return fs.open(path, mode)
 
     def ilistdir(self, path):
         # With the size as 4th field, as a board's littlefs/FAT listing has it.
-        prefix = path.rstrip("/") + "/" if path else ""
-        for entry in self._fs.ilistdir(path):
+        fs, path, _ = self._route(path)
+        prefix = path.rstrip("/") + "/"
+        for entry in fs.ilistdir(path):
             size = 0
             if entry[1] == 0x8000:
                 try:
-                    size = self._fs.stat(prefix + entry[0])[6]
+                    size = fs.stat(prefix + entry[0])[6]
                 except OSError:
                     pass
             yield (entry[0], entry[1], entry[2], size)
 
     def stat(self, path):
-        return self._fs.stat(path)
+        fs, path, _ = self._route(path)
+        return fs.stat(path)
 
     def statvfs(self, path):
-        return self._fs.statvfs(path)
+        fs, path, _ = self._route(path)
+        return fs.statvfs(path)
 
     def mkdir(self, path):
-        return self._fs.mkdir(path)
+        fs, path, _ = self._route(path)
+        return fs.mkdir(path)
 
     def rmdir(self, path):
-        return self._fs.rmdir(path)
+        fs, path, _ = self._route(path)
+        return fs.rmdir(path)
 
     def remove(self, path):
-        return self._fs.remove(path)
+        fs, path, _ = self._route(path)
+        return fs.remove(path)
 
     def chdir(self, path):
-        return self._fs.chdir(path)
+        return self._flash.chdir(path)
 
     def getcwd(self):
-        return self._fs.getcwd()
+        return self._flash.getcwd()
 
 
 def _mount_flash_as_root(flash, state):
     # Like an ESP32, "/" is the flash: mpremote's absolute paths land in the flash directory.
-    # The runtime and the state directory stay reachable below /.vboard.
     import vfs
 
     vfs.umount("/")
-    vfs.mount(_HostDir(flash), "/")
-    vfs.mount(_HostDir(state), "/.vboard")
+    vfs.mount(_BoardFs(flash, state), "/")
     os.chdir("/")
-    with open("/.vboard/ready", "w") as f:
+    with open(_BoardFs.HIDDEN + "/ready", "w") as f:
         f.write("1")
-    return "/.vboard/runtime"
+    return _BoardFs.HIDDEN + "/runtime"
 
 
 def start():
@@ -128,4 +144,4 @@ def start():
 
 start()
 # The REPL that follows behind a pty starts with a clean namespace, as on a board.
-del _run, _HostDir, _mount_flash_as_root, start, os, sys
+del _run, _BoardFs, _mount_flash_as_root, start, os, sys
