@@ -326,6 +326,7 @@ def main() -> int:
         )
         sustained = 0.0
         lossless_max = 0.0
+        still_lossless = True  # "sustained" = every step up to it lost nothing
         for rate in [int(r) for r in args.rates.split(",")]:
             rounds = max(1, int(rate * args.step_seconds / args.devices))
             before = gw.metrics()
@@ -348,7 +349,8 @@ def main() -> int:
                 before, after, "allmende_gateway_outbox_transaction_seconds_bucket"
             )
             lossless = up >= sent * 0.999 and committed >= up * readings_per_uplink * 0.999
-            if lossless:
+            still_lossless = still_lossless and lossless
+            if still_lossless:
                 sustained = max(sustained, sent / elapsed)
                 lossless_max = max(lossless_max, top)
             rows.append(
@@ -442,7 +444,8 @@ def main() -> int:
     print("| figure | measured | target |")
     print("| --- | --- | --- |")
     print(
-        f"| sustained ingest, lossless (highest paced rate) | {sustained:,.0f} uplinks/s "
+        "| sustained ingest (highest paced rate with no loss at it or below) | "
+        f"{sustained:,.0f} uplinks/s "
         f"({sustained * readings_per_uplink:,.0f} readings/s) | >= 10,000 uplinks/s |"
     )
     for name, a, b in rows:
