@@ -37,6 +37,8 @@ def _flash(args: argparse.Namespace) -> int:
     if missing:
         return _fail(missing)
     token = args.token or os.environ.get("ALLMENDE_FLEET_TOKEN")
+    if args.firmware == "bridge":
+        return _flash_bridge(args, board)
     try:
         if args.bundle:
             bundle = flash.load_bundle_file(args.bundle)
@@ -71,6 +73,30 @@ def _flash(args: argparse.Namespace) -> int:
     print(f"FAIL: device {bundle.dev_eui} is flashed (slot {result.slot}) but its self-test "
           f"failed: {failed}. Check the wiring of what failed, then `allmende node selftest "
           f"--port {args.port}`.")
+    return 1
+
+
+def _flash_bridge(args: argparse.Namespace, board: dict[str, object]) -> int:
+    from allmende.firmware import flash
+
+    if args.bundle or args.fleet or args.device:
+        return _fail("the gateway bridge firmware takes no provisioning bundle (a bridge "
+                     "holds no keys): leave out --bundle/--fleet/--device")
+    print(f"flashing the gateway bridge firmware onto {board['name']} on {args.port}")
+    try:
+        result = flash.flash(args.port, board, None, firmware="bridge",
+                             reprovision=args.reprovision, say=lambda s: print("  " + s))
+    except flash.FlashError as exc:
+        return _fail(str(exc), changed=exc.changed)
+    print("self-test:")
+    for line in result.lines:
+        print("  " + line.removeprefix("selftest: "))
+    if result.ok:
+        print(f"PASS: the bridge firmware is flashed (slot {result.slot}) and its radio "
+              "answers. Point the gateway's serial modem at this port.")
+        return 0
+    print(f"FAIL: the bridge firmware is flashed (slot {result.slot}) but the radio does not "
+          "answer: check the board type and the radio's wiring.")
     return 1
 
 
@@ -143,8 +169,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     fl = sub.add_parser("flash", help="flash, provision and self-test a node",
                         description="Compiles the firmware for the board, copies it into the "
                         "inactive slot, writes config and keys, switches the slot, resets and "
-                        "runs the on-board self-test. Safe to repeat.")
+                        "runs the on-board self-test. Safe to repeat. --firmware bridge "
+                        "flashes the gateway's serial-modem bridge instead (no bundle).")
     fl.add_argument("--board", required=True, help="board type (allmende board list)")
+    fl.add_argument("--firmware", choices=("node", "bridge"), default="node",
+                    help="node (default) or bridge: the gateway's serial LoRa modem")
     fl.add_argument("--port", required=True, help="serial port, e.g. /dev/ttyUSB0")
     fl.add_argument("--bundle", type=Path, help="provisioning bundle (JSON file)")
     fl.add_argument("--fleet", help="fleet URL to fetch the bundle from and report to")

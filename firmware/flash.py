@@ -44,6 +44,9 @@ MPY_ARCHES = ("none", "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "arm
 MCU_PLATFORM = {"unix": "linux"}  # sys.platform per board "mcu"; esp32* boards say "esp32"
 DOWNLOADS = "https://micropython.org/download/"
 READ_TIMEOUT_S = 10
+FIRMWARES = ("node", "bridge")
+BRIDGE = Path(__file__).resolve().parent / "bridge"
+BRIDGE_MODULES = ("bridge", "protocol")
 PORT_HELP = ("check the cable and the port name (ls /dev/ttyUSB* /dev/ttyACM*), that you may "
              "use it (group dialout: sudo usermod -aG dialout $USER, then log in again), and "
              "that no other program (a serial terminal, mpremote) holds it open")
@@ -364,17 +367,38 @@ def needed_drivers(board: dict[str, Any]) -> set[str]:
     return names
 
 
-def build_slot(board: dict[str, Any], out: Path) -> dict[str, bytes]:
-    """Compiles the app; returns slot-relative path -> bytes of what this board needs."""
-    build.compile_app(out, arch=(board.get("micropython") or {}).get("arch"))
+def build_slot(board: dict[str, Any], out: Path, *, firmware: str = "node") -> dict[str, bytes]:
+    """Compiles the app; returns slot-relative path -> bytes of what this board needs.
+
+    `firmware` "bridge" is the gateway's serial LoRa modem (firmware/bridge): its modules
+    plus the board layer and the radio driver, no sensors, no LoRaWAN MAC."""
+    arch = (board.get("micropython") or {}).get("arch")
+    build.compile_app(out, arch=arch)
     drivers = needed_drivers(board)
+    if firmware == "bridge":
+        radio = (board.get("radio") or {}).get("chip", "")[:5] + "x"  # sx1276 -> sx127x
+        drivers = {radio}
     files = {}
     for path in sorted(out.rglob("*.mpy")):
         rel = path.relative_to(out).as_posix()
         if rel.startswith("drivers/") and rel != "drivers/__init__.mpy":
             if Path(rel).stem not in drivers:
                 continue
+        elif firmware == "bridge" and rel not in ("board.mpy", "drivers/__init__.mpy"):
+            continue
         files[rel] = path.read_bytes()
+    if firmware == "bridge":
+        for name in BRIDGE_MODULES:
+            target = out / "bridge" / f"{name}.mpy"
+            target.parent.mkdir(exist_ok=True)
+            args = [build.mpy_cross_cmd(), "-o", str(target), "-s", f"{name}.py"]
+            if arch:
+                args.append(f"-march={arch}")
+            args.append(str(BRIDGE / f"{name}.py"))
+            proc = subprocess.run(args, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise build.BuildError(f"mpy-cross failed on bridge/{name}.py: {proc.stderr}")
+            files[f"{name}.mpy"] = target.read_bytes()
     return files
 
 
@@ -466,25 +490,37 @@ def _mkdirs(conn: Connection, dirs: list[str]) -> None:
 def flash(
     port: str,
     board: dict[str, Any],
-    bundle: Bundle,
+    bundle: Bundle | None,
     *,
+    firmware: str = "node",
     expect_device: str | None = None,
     reprovision: bool = False,
     say: Callable[[str], None] = print,
     selftest_timeout: float = 120,
 ) -> FlashResult:
-    """Flashes and provisions the board on `port`; raises FlashError when refused or broken."""
+    """Flashes and provisions the board on `port`; raises FlashError when refused or broken.
+
+    The node firmware needs a `bundle`; the gateway's bridge firmware takes none (a bridge
+    holds no keys) and refuses a board that is a provisioned node unless `reprovision`."""
+    if (bundle is None) != (firmware == "bridge"):
+        raise FlashError("the node firmware needs a provisioning bundle; the bridge none")
     with Connection(port) as conn:
         info = probe(conn)
         say(f"board on {port}: MicroPython {info.version_text} (.mpy v{info.mpy_version[0]}."
             f"{info.mpy_version[1]}, {info.platform}), chip id {info.chip_id or '?'}, "
             f"slot {info.slot or '-'}")
         check_compatible(info, board, port)
-        check_identity(info, bundle, board, port, expect_device=expect_device,
-                       reprovision=reprovision)
+        current = (info.config or {}).get("dev_eui")
+        if bundle is not None:
+            check_identity(info, bundle, board, port, expect_device=expect_device,
+                           reprovision=reprovision)
+        elif current and not reprovision:
+            raise FlashError(f"the board on {port} is provisioned as device {current}; to turn "
+                             "it into a gateway bridge (its keys are removed), repeat with "
+                             "--reprovision")
         with tempfile.TemporaryDirectory(prefix="allmende-build-") as tmp:
             try:
-                files = build_slot(board, Path(tmp))
+                files = build_slot(board, Path(tmp), firmware=firmware)
             except build.BuildError as exc:
                 raise FlashError(str(exc)) from None
         size_kb = sum(len(b) for b in files.values()) // 1024 + 1
@@ -512,47 +548,72 @@ def flash(
             if written.get(f"{slot_dir}/{rel}") != hashlib.sha256(data).hexdigest():
                 raise FlashError(f"{slot_dir}/{rel} did not verify after writing; flash "
                                  "again (the previous slot is still active)", changed=True)
-        identity_changed = bool(info.config and str(info.config.get("dev_eui", "")).upper()
-                                != bundle.dev_eui)
+        identity_changed = bool(info.config) and (
+            bundle is None or str((info.config or {}).get("dev_eui", "")).upper()
+            != bundle.dev_eui)
+        main_py = BRIDGE / "main.py" if firmware == "bridge" else build.FIRMWARE / "main.py"
         root = {
             "boot.py": (build.FIRMWARE / "boot.py").read_bytes(),
-            "main.py": (build.FIRMWARE / "main.py").read_bytes(),
+            "main.py": main_py.read_bytes(),
             "board.json": json.dumps(board).encode(),
-            "config.json": json.dumps(bundle.config).encode(),
         }
+        if bundle is not None:
+            root["config.json"] = json.dumps(bundle.config).encode()
         for name, data in root.items():
             conn.write_file(f"{name}.new", data)
         replace: list[tuple[str, str, str | None]] = [
             ("boot.py.new", "boot.py", None), ("main.py.new", "main.py", None),
             ("board.json.new", "board.json", None)]
-        # The old config stays as the node's fallback, unless it belonged to another device.
-        replace.append(("config.json.new", "config.json",
-                        None if identity_changed or not info.config else "config.json.old"))
+        if bundle is not None:
+            # The old config stays as the node's fallback, unless it was another device's.
+            replace.append(("config.json.new", "config.json",
+                            None if identity_changed or not info.config else "config.json.old"))
         code = _REPLACE + "".join(f"_replace({n!r}, {o!r}, {k!r})\n" for n, o, k in replace)
         if identity_changed:
-            # Another device's LoRaWAN session and frame counters must not carry over.
-            code += ("for _p in ('lorawan.bin', 'config.json.old'):\n    try:\n"
+            # Another device's LoRaWAN session, frame counters (and, becoming a bridge, its
+            # keys) must not carry over.
+            gone = ("lorawan.bin", "config.json.old") + (("config.json",) if bundle is None
+                                                          else ())
+            code += (f"for _p in {gone!r}:\n    try:\n"
                      "        os.remove(_p)\n    except OSError:\n        pass\n"
                      "try:\n    import machine\n    machine.RTC().memory(b'')\n"
                      "except Exception:\n    pass\n")
         conn.run(code)
         conn.write_file("slot.new", target.encode())
         conn.run(_REPLACE + "_replace('slot.new', 'slot')\n")  # the switch
-        say(f"slot {target} verified and active; config for {bundle.dev_eui} written; resetting")
+        what = f"config for {bundle.dev_eui}" if bundle else "gateway bridge firmware"
+        say(f"slot {target} verified and active; {what} written; resetting")
         conn.reset()
     time.sleep(0.3)
     ok, results, lines = run_selftest(port, timeout=selftest_timeout, wait_s=15,
-                                      expect_slot=target)
-    return FlashResult(ok=ok, dev_eui=bundle.dev_eui, board=board["name"], slot=target,
-                       selftest=results, lines=lines)
+                                      expect_slot=target, firmware=firmware)
+    return FlashResult(ok=ok, dev_eui=bundle.dev_eui if bundle else "", board=board["name"],
+                       slot=target, selftest=results, lines=lines)
+
+
+_BRIDGE_SELFTEST = """
+import json
+try:
+    from board import Board
+    _b = Board.load()
+    _b.radio()
+    _r = {'ok': True, 'detail': _b.d['radio']['chip'] + ' answers'}
+except Exception as e:
+    _r = {'ok': False, 'detail': '%s: %s' % (type(e).__name__, e)}
+print('selftest: %-8s %s  %s' % ('radio', 'ok  ' if _r['ok'] else 'FAIL', _r['detail']))
+print('SELFTEST ' + json.dumps({'ok': _r['ok'], 'checks': {'radio': _r}}))
+"""
 
 
 def run_selftest(port: str, *, timeout: float = 120, wait_s: float = 0,
-                 expect_slot: str | None = None) -> tuple[bool, dict[str, Any], list[str]]:
-    """Runs app/selftest.py on the board; returns (passed, checks, report lines)."""
+                 expect_slot: str | None = None,
+                 firmware: str = "node") -> tuple[bool, dict[str, Any], list[str]]:
+    """Runs app/selftest.py on the board (the bridge: its radio only); returns (passed,
+    checks, report lines)."""
     with Connection(port, wait_s=wait_s) as conn:
         code = ("import sys\nprint('SLOT', [p for p in sys.path if p.startswith('app_')])\n"
-                "import selftest\nselftest.run()\n")
+                + (_BRIDGE_SELFTEST if firmware == "bridge"
+                   else "import selftest\nselftest.run()\n"))
         try:
             out, err = conn.t.exec_raw(code, timeout=timeout)
         except (conn._error, OSError) as exc:

@@ -211,3 +211,34 @@ def test_bundle_from_the_fleet_and_report_back(board: PtyBoard,
     assert report["dev_eui"] == DEV_EUI and report["ok"] is True
     assert report["selftest"]["radio"]["ok"] is True
     assert "flash report recorded" in capsys.readouterr().out
+
+
+def test_gateway_bridge_firmware_is_flashed_the_same_way(board: PtyBoard, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str],
+                                                         ) -> None:
+    import serial
+
+    port = str(board.port)
+    assert node("flash", "--board", "virtual", "--port", port, "--bundle",
+                str(write_bundle(tmp_path))) == 0
+    # A provisioned node is not silently turned into a bridge: its keys would go.
+    assert node("flash", "--firmware", "bridge", "--board", "virtual", "--port", port) == 2
+    assert "--reprovision" in capsys.readouterr().err
+    assert node("flash", "--firmware", "bridge", "--board", "virtual", "--port", port,
+                "--reprovision") == 0
+    assert "radio    ok" in capsys.readouterr().out
+    fl = board.flash
+    slot = fl / f"app_{(fl / 'slot').read_text()}"
+    assert (slot / "bridge.mpy").exists() and (slot / "protocol.mpy").exists()
+    assert not (slot / "airnode.mpy").exists() and not (slot / "drivers" / "bme280.mpy").exists()
+    assert not (fl / "config.json").exists()  # no keys on a bridge
+    # After a reset the bridge firmware answers its line protocol on the same port.
+    board.press_reset()
+    with serial.Serial(port, 115200, timeout=1) as line:
+        reply = b""
+        for _ in range(30):
+            line.write(b"HELLO\n")
+            reply += line.read_until(b"\n")
+            if b"HELLO allmende-bridge" in reply:
+                break
+    assert b"HELLO allmende-bridge 1 sx1276" in reply
