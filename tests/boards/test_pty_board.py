@@ -142,3 +142,21 @@ def test_serial_input_wakes_a_sleeping_board(tmp_path: Path) -> None:
         assert wait_for(lambda: any(w.kind == "deepsleep" for w in board.wakes))
         out = mpremote(board.port, "exec", "print('awake')").stdout
         assert "awake" in out
+
+
+def test_allmende_board_virtual_prints_the_port_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    import signal
+
+    flash = tmp_path / "fs"
+    proc = subprocess.Popen([sys.executable, "-m", "allmende.cli", "board", "virtual", "--fs",
+                             str(flash)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout is not None
+        port = proc.stdout.readline().strip()
+        assert port.startswith("/dev/pts/")
+        mpremote(port, "exec", "open('/made-here', 'w').write('1')")
+        assert (flash / "made-here").read_text() == "1"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
