@@ -123,7 +123,9 @@ async def run_node(tmp_path: Path, wanted_uplinks: int, **sim: Any) -> tuple[Net
 
 def test_node_joins_and_its_uplinks_carry_the_simulated_values(tmp_path: Path) -> None:
     network, node = asyncio.run(run_node(tmp_path, 3))
-    assert len(network.dev_nonces) == 1, "the node joined once"
+    # One join is the rule; a join-accept missed on a loaded machine means another request,
+    # and then its DevNonce must be new.
+    assert network.dev_nonces and network.dev_nonces == sorted(set(network.dev_nonces))
     assert len(network.uplinks) >= 3, [w.output for w in node.wakes]
     for uplink in network.uplinks:
         decoded, truth = uplink["decoded"], uplink["truth"]
@@ -151,12 +153,13 @@ def test_frame_counter_survives_a_power_cut_without_a_new_join(tmp_path: Path) -
             network = NetworkUnderTest(medium)
             medium.add_listener(lambda frame: network.on_frame(frame, node.truth()))
             await collect(node, network, 2)
+            joins_before = len(network.dev_nonces)
             await asyncio.to_thread(node.power_cut)  # RTC memory lost: only flash remains
             await collect(node, network, 3)
+            assert len(network.dev_nonces) == joins_before, "the session came back from flash"
         return network
 
     network = asyncio.run(scenario())
-    assert len(network.dev_nonces) == 1, "the session came back from flash: no new join"
     fcnts = [u["fcnt"] for u in network.uplinks]
     assert fcnts == sorted(set(fcnts)), f"a frame counter was reused: {fcnts}"
 
