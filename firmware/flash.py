@@ -177,6 +177,7 @@ class BoardInfo:
     config: dict[str, Any] | None
     free_kb: int | None
     files: list[str] = field(default_factory=list)
+    simulates: str | None = None  # a virtual board: the board definition it simulates
 
     @property
     def mpy_version(self) -> tuple[int, int]:
@@ -217,6 +218,11 @@ try:
 except ValueError:
     _b = None
 _s = _read('slot')
+try:  # the virtual board (allmende board virtual) names the hardware it simulates
+    import vstate
+    _v = vstate.hardware().get('name')
+except Exception:
+    _v = None
 print(json.dumps({'version': list(sys.implementation.version[:3]),
  'version_text': '.'.join(str(x) for x in sys.implementation.version[:3]) +
    ('-' + sys.implementation.version[3] if len(sys.implementation.version) > 3 and
@@ -224,7 +230,7 @@ print(json.dumps({'version': list(sys.implementation.version[:3]),
  'mpy': getattr(sys.implementation, '_mpy', 0), 'platform': sys.platform,
  'machine': getattr(sys.implementation, '_machine', ''), 'chip_id': _id,
  'slot': _s.strip() if _s else None, 'board': _b, 'config': _c, 'free_kb': _free,
- 'files': [e[0] for e in os.ilistdir('/')]}))
+ 'files': [e[0] for e in os.ilistdir('/')], 'simulates': _v}))
 """
 
 
@@ -305,7 +311,8 @@ def probe(conn: Connection) -> BoardInfo:
     return BoardInfo(version=tuple(data["version"]), version_text=data["version_text"],
                      mpy=int(data["mpy"]), platform=data["platform"], machine=data["machine"],
                      chip_id=data["chip_id"], slot=data["slot"], board_name=data["board"],
-                     config=data["config"], free_kb=data["free_kb"], files=data["files"])
+                     config=data["config"], free_kb=data["free_kb"], files=data["files"],
+                     simulates=data.get("simulates"))
 
 
 def check_compatible(info: BoardInfo, board: dict[str, Any], port: str) -> None:
@@ -314,6 +321,13 @@ def check_compatible(info: BoardInfo, board: dict[str, Any], port: str) -> None:
     name = board["name"]
     platform = MCU_PLATFORM.get(board["mcu"], "esp32" if board["mcu"].startswith("esp32")
                                 else board["mcu"])
+    if info.simulates is not None:
+        # A virtual board runs bytecode on the unix port for any board it simulates: the
+        # platform and native arch are the host's, the MicroPython and .mpy ABI must fit.
+        if info.simulates != name:
+            raise FlashError(f"the virtual board on {port} simulates a {info.simulates}, not a "
+                             f"{name}: check --board (or start it with --board {name})")
+        platform = info.platform
     if info.platform != platform:
         raise FlashError(f"the board on {port} runs MicroPython for {info.platform} "
                          f"({info.machine}), not for a {name} ({board['mcu']}): check --board "
@@ -329,7 +343,7 @@ def check_compatible(info: BoardInfo, board: dict[str, Any], port: str) -> None:
             f"{need_version} for {board['mcu']} first ({DOWNLOADS}, e.g. esptool.py "
             f"--chip {board['mcu']} write_flash 0 <firmware.bin>), then flash again.")
     arch = want.get("arch")
-    if arch and info.arch not in ("none", arch):
+    if arch and info.simulates is None and info.arch not in ("none", arch):
         raise FlashError(f"the board on {port} reports native code arch {info.arch}, the {name} "
                          f"definition says {arch}: check --board")
 
@@ -519,8 +533,12 @@ def flash(
                              "it into a gateway bridge (its keys are removed), repeat with "
                              "--reprovision")
         with tempfile.TemporaryDirectory(prefix="allmende-build-") as tmp:
+            target_board = board
+            if info.simulates is not None:  # bytecode for the unix port, not the real chip
+                target_board = dict(board)
+                target_board["micropython"] = dict(board.get("micropython") or {}, arch=None)
             try:
-                files = build_slot(board, Path(tmp), firmware=firmware)
+                files = build_slot(target_board, Path(tmp), firmware=firmware)
             except build.BuildError as exc:
                 raise FlashError(str(exc)) from None
         size_kb = sum(len(b) for b in files.values()) // 1024 + 1

@@ -242,3 +242,20 @@ def test_gateway_bridge_firmware_is_flashed_the_same_way(board: PtyBoard, tmp_pa
             if b"HELLO allmende-bridge" in reply:
                 break
     assert b"HELLO allmende-bridge 1 sx1276" in reply
+
+
+def test_a_virtual_heltec_v3_takes_the_heltec_v3_firmware(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str],
+                                                          ) -> None:
+    with PtyBoard(tmp_path / "heltec", board="heltec-v3") as heltec:
+        port = str(heltec.port)
+        assert node("flash", "--board", "heltec-v3", "--port", port, "--bundle",
+                    str(write_bundle(tmp_path))) == 0
+        assert "sx1262 answers" in capsys.readouterr().out
+        drivers = heltec.flash / "app_a" / "drivers"
+        assert (drivers / "sx126x.mpy").exists() and not (drivers / "sx127x.mpy").exists()
+        assert not (drivers / "scd4x.mpy").exists()  # not fitted on this board
+        # The simulated hardware is a heltec-v3: the virtual board's firmware is refused.
+        assert node("flash", "--board", "virtual", "--port", port, "--bundle",
+                    str(write_bundle(tmp_path))) == 2
+        assert "simulates a heltec-v3, not a virtual" in capsys.readouterr().err
