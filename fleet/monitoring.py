@@ -1,4 +1,5 @@
-"""Health watch: devices that stopped sending become `device_offline` alerts.
+"""Health watch: devices that stopped sending become `device_offline` alerts; flat-level
+readings past their retention limit are deleted.
 
 Low battery, sensor-fault flags and gateway last wills are noticed at ingest (ingest.py);
 what needs a clock — an uplink that did not come — is checked here, periodically.
@@ -13,7 +14,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
-from .models import Device, DeviceState, Event, utcnow
+from .models import Device, DeviceState, Event, OutboxItem, Reading, utcnow
 from .settings import FleetSettings
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,27 @@ def check_offline_devices(engine: sa.Engine, settings: FleetSettings, *,
     return alerted
 
 
+def purge_personal_readings(engine: sa.Engine, settings: FleetSettings, *,
+                            now: datetime | None = None) -> int:
+    """Delete flat-level readings older than the retention limit; returns how many."""
+    cutoff = (now or utcnow()) - timedelta(days=settings.personal_retention_days)
+    flats = select(Device.dev_eui).where(col(Device.flat_ref).is_not(None))
+    with Session(engine) as session:
+        # Their outbox rows first (none are written for flats, but older data may hold some).
+        old = select(Reading.id).where(col(Reading.device).in_(flats), col(Reading.time) < cutoff)
+        session.execute(sa.delete(OutboxItem).where(col(OutboxItem.reading_id).in_(old)))
+        result = session.execute(sa.delete(Reading).where(col(Reading.device).in_(flats),
+                                                          col(Reading.time) < cutoff))
+        session.commit()
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def watch(engine: sa.Engine, settings: FleetSettings, *, every_s: float = 30.0) -> None:
     """Run the checks until cancelled."""
     while True:
         try:
             await asyncio.to_thread(check_offline_devices, engine, settings)
+            await asyncio.to_thread(purge_personal_readings, engine, settings)
         except sa.exc.OperationalError as exc:
             log.warning("monitoring could not read the database: %s", exc)
         await asyncio.sleep(every_s)

@@ -33,6 +33,8 @@ class FleetSettings(BaseSettings):
     uplink_interval_s: int = 300
     offline_after_missed: int = 3
     low_battery_v: float = 3.4
+    # Readings of devices tied to a flat (personal data) are deleted after this many days.
+    personal_retention_days: int = 90
 
     # SensorThings forwarding: base URL up to and including the version, e.g.
     # http://host:8000/v1.1 ; empty disables that target.

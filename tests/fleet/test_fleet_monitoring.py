@@ -8,8 +8,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from allmende.fleet.ingest import ReadingIn, ReadingStore
-from allmende.fleet.models import DeviceCreate, Event, OutboxItem
-from allmende.fleet.monitoring import check_offline_devices
+from allmende.fleet.models import DeviceCreate, Event, OutboxItem, Role
+from allmende.fleet.monitoring import check_offline_devices, purge_personal_readings
 from allmende.fleet.provisioning import create_device
 from allmende.fleet.security import KeyVault
 from allmende.fleet.settings import FleetSettings
@@ -77,6 +77,23 @@ def test_flat_readings_never_enter_the_platform_outbox(settings: FleetSettings,
     assert [r["device"] for r in result.new_readings] == ["00000000000000A1"]
     with Session(engine) as session:
         assert len(session.exec(select(OutboxItem)).all()) == 1
+
+
+def test_flat_readings_are_hidden_from_the_platform_and_expire(
+        settings: FleetSettings, engine: sa.Engine, client: TestClient, admin: dict[str, str],
+        token_for) -> None:  # noqa: ANN001
+    provision(engine, settings, "00000000000000E1", kind="energy", flat_ref="N-3-12")
+    provision(engine, settings, "00000000000000A1")
+    ReadingStore(engine, settings).store([reading("00000000000000E1", 1, "power", 120),
+                                          reading("00000000000000A1", 1, "PM2.5", 9)])
+    platform = token_for(Role.platform)
+    seen = client.get("/api/v1/readings", headers=platform).json()["items"]
+    assert [r["device"] for r in seen] == ["00000000000000A1"]
+    assert len(client.get("/api/v1/readings", headers=admin).json()["items"]) == 2
+    later = T0 + timedelta(days=settings.personal_retention_days, hours=1)
+    assert purge_personal_readings(engine, settings, now=later) == 1
+    assert [r["device"] for r in client.get("/api/v1/readings", headers=admin).json()["items"]] \
+        == ["00000000000000A1"]
 
 
 def test_migrations_match_the_models(engine: sa.Engine) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from sqlmodel import col, select
 
-from ...models import Reading, ReadingPage, ReadingPublic
+from ...models import Device, Reading, ReadingPage, ReadingPublic, Role
 from ..deps import ReadingReader, SessionDep
 
 router = APIRouter(prefix="/readings", tags=["readings"])
@@ -28,6 +28,10 @@ def list_readings(
     = "asc",
 ) -> ReadingPage:
     query = select(Reading)
+    if user.role == Role.platform:
+        # Flat-level readings are personal data: the platform never sees them one by one.
+        query = query.where(col(Reading.device).not_in(
+            select(Device.dev_eui).where(col(Device.flat_ref).is_not(None))))
     if device is not None:
         query = query.where(Reading.device == device.upper())
     if quantity is not None:
