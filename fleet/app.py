@@ -41,8 +41,10 @@ def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | Non
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tasks: list[asyncio.Task[None]] = []
-        app.state.ingest_workers = [IngestWorker(settings, engine=engine)
-                                    for _ in range(ingest_workers)]
+        app.state.ingest_workers = [
+            IngestWorker(settings, engine=engine, client_id=(
+                f"{settings.ingest_client_id}-{i}" if settings.ingest_client_id else None))
+            for i in range(ingest_workers)]
         tasks += [asyncio.create_task(w.run()) for w in app.state.ingest_workers]
         app.state.forwarders = []
         if ingest_workers:

@@ -1,8 +1,9 @@
 """Ingest: the gateways' `up` batches from MQTT into the database, once per reading key.
 
 Several workers share one subscription (`$share/<group>/allmende/gw/+/up`) and split the load.
-A message is acknowledged to the broker only after its readings are committed, so a worker
-that dies mid-batch loses nothing: the broker hands the message out again.
+A message is acknowledged to the broker only after its readings are committed; a worker with
+a stable client id keeps a broker session, so what it had not acknowledged when it stopped is
+delivered to it again when it restarts.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 import aiomqtt
 import sqlalchemy as sa
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlmodel import Session, col, select
 
@@ -397,6 +400,7 @@ class IngestWorker:
         self.client_id = client_id
         self.totals = BatchResult()
         self.messages = 0
+        self.store_failures = 0  # database errors while storing (the batch is retried)
         self.ready = asyncio.Event()
 
     @property
@@ -417,9 +421,16 @@ class IngestWorker:
 
     async def _run_once(self) -> None:
         s = self.settings
+        # A worker with a stable client id keeps its session on the broker: messages it had
+        # not acknowledged when it stopped are handed to it again when it comes back.
+        properties = None
+        if self.client_id:
+            properties = Properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = s.ingest_session_expiry_s
         client = aiomqtt.Client(s.mqtt_host, s.mqtt_port, username=s.mqtt_username,
                                 password=s.mqtt_password, identifier=self.client_id,
-                                protocol=aiomqtt.ProtocolVersion.V5, max_queued_incoming_messages=0)
+                                protocol=aiomqtt.ProtocolVersion.V5, max_queued_incoming_messages=0,
+                                clean_start=not self.client_id, properties=properties)
         # Acknowledge only after the commit (aiomqtt has no switch for it; paho has).
         client._client.manual_ack_set(True)  # noqa: SLF001
         async with client:
@@ -474,6 +485,7 @@ class IngestWorker:
                 return await asyncio.to_thread(self.store.store, readings, invalid=invalid)
             except sa.exc.OperationalError as exc:
                 # Database away: hold the batch (unacknowledged) and try again.
+                self.store_failures += 1
                 log.warning("storing %d readings failed, retrying in %.1fs: %s",
                             len(readings), delay, exc)
                 await asyncio.sleep(delay)

@@ -26,6 +26,11 @@ class FleetSettings(BaseSettings):
     # Workers in one group split the gateways' uploads through a shared subscription.
     ingest_group: str = "fleet"
     ingest_batch_size: int = 500
+    # A stable MQTT client id (prefix) for this process's workers: with it, a restarted worker
+    # gets back what it had not acknowledged. Unique per process; unset: a fresh session.
+    ingest_client_id: str | None = None
+    # How long the broker keeps a stopped worker's session (and unacknowledged messages).
+    ingest_session_expiry_s: int = 3600
     # Where the fleet publishes normalized readings for other consumers.
     readings_topic: str = "allmende/readings"
 

@@ -7,10 +7,12 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import aiomqtt
 import paho.mqtt.client as mqtt
 import sqlalchemy as sa
+from allmende.fleet.db import make_engine
 from allmende.fleet.ingest import IngestWorker
 from allmende.fleet.models import (
     Counter,
@@ -199,3 +201,35 @@ def _gateway_state(engine: sa.Engine, gateway_id: str) -> str:
     with engine.connect() as conn:
         return str(conn.execute(sa.text("SELECT state FROM gateway WHERE gateway_id = :g"),
                                 {"g": gateway_id}).scalar_one())
+
+
+def test_a_worker_that_stops_before_commit_gets_its_messages_again(
+        broker: Broker, settings: FleetSettings, engine: sa.Engine, tmp_path: Path) -> None:
+    settings = settings.model_copy(update={"mqtt_port": broker.port})
+    provision(engine, settings, gateways=["gw-a"], devices=["00000000000000A1"])
+    sent = [reading("00000000000000A1", f) for f in range(1, 11)]
+
+    async def scenario() -> None:
+        # The database is unreachable for the first run: the worker holds the message
+        # unacknowledged (retrying), then stops.
+        dead_db = make_engine(f"sqlite:///{tmp_path / 'missing' / 'fleet.db'}")
+        failing = IngestWorker(settings, engine=dead_db, client_id="fleet-restart")
+        task = asyncio.create_task(failing.run())
+        await asyncio.wait_for(failing.ready.wait(), 20)
+        async with aiomqtt.Client("127.0.0.1", broker.port) as gw:
+            await gw.publish("allmende/gw/gw-a/up", up_message("gw-a", sent), qos=1)
+        await until(lambda: failing.store_failures > 0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert failing.messages == 0
+        # Restarted with the same identity and a working database: the message comes back.
+        worker = IngestWorker(settings, engine=engine, client_id="fleet-restart")
+        task = asyncio.create_task(worker.run())
+        try:
+            await until(lambda: worker.totals.stored == len(sent))
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert counters(engine)["readings_stored"] == len(sent)
