@@ -17,7 +17,7 @@ def render_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, st
     """A plain aligned table: columns are (key, header); None shows as '-'."""
 
     def cell(value: Any) -> str:
-        if value is None:
+        if value is None or value == "":
             return "-"
         if isinstance(value, list):
             return ",".join(str(v) for v in value) or "-"
