@@ -238,8 +238,11 @@ class Connection:
     """One mpremote serial connection to a board, in the raw REPL."""
 
     def __init__(self, port: str, *, soft_reset: bool = True, wait_s: float = 0) -> None:
-        from mpremote.transport import TransportError
-        from mpremote.transport_serial import SerialTransport
+        try:
+            from mpremote.transport import TransportError
+            from mpremote.transport_serial import SerialTransport
+        except ImportError:
+            raise FlashError("mpremote is not installed: pip install 'allmende[dev]'") from None
 
         self.port = port
         self._error = TransportError
