@@ -259,10 +259,14 @@ class ReadingStore:
             # Plain rows, not ORM objects: loading hundreds of entities per batch costs more
             # than the insert itself.
             t = Device.__table__.c  # type: ignore[attr-defined]
-            devices = {d.dev_eui: d for d in session.connection().execute(
-                sa.select(t.id, t.dev_eui, t.state, t.flat_ref, t.last_seen, t.rssi, t.snr,
-                          t.firmware_version, t.battery)
-                .where(t.dev_eui.in_({r.device for r in unique.values()})))}
+            query = (sa.select(t.id, t.dev_eui, t.state, t.flat_ref, t.last_seen, t.rssi, t.snr,
+                               t.firmware_version, t.battery)
+                     .where(t.dev_eui.in_({r.device for r in unique.values()})))
+            if session.get_bind().dialect.name == "postgresql":
+                # Lock the devices in one order up front: workers sharing devices then wait
+                # for each other instead of deadlocking in the later UPDATE.
+                query = query.order_by(t.id).with_for_update()
+            devices = {d.dev_eui: d for d in session.connection().execute(query)}
             accepted = []
             for r in unique.values():
                 device = devices.get(r.device)
