@@ -160,3 +160,30 @@ def test_allmende_board_virtual_prints_the_port_and_stops_on_ctrl_c(tmp_path: Pa
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
+
+
+def test_friendly_and_raw_repl_ctrl_d_soft_reboot_like_a_board(tmp_path: Path) -> None:
+    import serial
+
+    flash = tmp_path / "flash"
+    flash.mkdir()
+    (flash / "boot.py").write_text("print('boot.py ran')\n")
+    (flash / "main.py").write_text("print('main.py ran')\n")
+    with PtyBoard(tmp_path, fs=flash) as board, serial.Serial(board.port, timeout=10) as port:
+        port.write(b"\r\x03")
+        port.write(b"print('in' + 'sync')\r")  # a line whose output nothing else prints
+        assert port.read_until(b"insync\n>>> ").endswith(b"insync\n>>> ")
+        port.write(b"\x04")  # friendly REPL, empty line: soft reboot, boot.py and main.py
+        out = port.read_until(b">>> ")
+        assert out.index(b"MPY: soft reboot\r\n") < out.index(b"boot.py ran")
+        assert out.index(b"boot.py ran") < out.index(b"main.py ran") < out.index(b">>> ")
+        port.write(b"\r\x01")
+        assert port.read_until(b"raw REPL; CTRL-B to exit\r\n>").endswith(b"exit\r\n>")
+        port.write(b"\x04")  # raw REPL, empty: soft reboot into the raw REPL, boot.py only
+        out = port.read_until(b"raw REPL; CTRL-B to exit\r\n>")
+        assert out.startswith(b"OK\r\nMPY: soft reboot\r\n") and b"boot.py ran" in out
+        assert b"main.py ran" not in out and out.endswith(b"raw REPL; CTRL-B to exit\r\n>")
+        port.write(b"print(6 * 7)\x04")
+        assert port.read_until(b"\x04>").startswith(b"OK42")
+        port.write(b"\x02")  # back to the friendly REPL
+        assert port.read_until(b">>> ").endswith(b">>> ")
