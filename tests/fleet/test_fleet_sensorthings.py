@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import paho.mqtt.client as mqtt
 import pytest
 import sqlalchemy as sa
+from allmende.fleet.app import create_app
 from allmende.fleet.forward.sensorthings import TARGET, SensorThingsForwarder
 from allmende.fleet.ingest import ReadingIn, ReadingStore
 from allmende.fleet.models import DeviceCreate, OutboxItem, PlatformLink
 from allmende.fleet.provisioning import create_device
 from allmende.fleet.security import KeyVault
 from allmende.fleet.settings import FleetSettings
+from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from tests.fixtures.services import SensorThings, free_port, run_sensorthings
+from tests.fixtures.services import Broker, SensorThings, free_port, run_sensorthings
 
 T0 = datetime(2026, 11, 21, 23, 40, 0, 123000, tzinfo=UTC)
 
@@ -137,3 +142,35 @@ def test_a_dead_platform_does_not_block_ingest(
     assert SensorThingsForwarder(engine, up).forward_once().delivered == 6
     assert [o["result"] for o in observations(sta, engine, dev, "PM2.5")] == \
         [10 + f / 4 for f in range(1, 7)]
+
+
+def test_served_app_ingests_and_forwards(sta: SensorThings, broker: Broker,
+                                         settings: FleetSettings, engine: sa.Engine) -> None:
+    """The wiring the demo uses: create_app with an ingest worker and the forwarder."""
+    settings = settings.model_copy(update={"sensorthings_url": sta.url, "mqtt_port": broker.port})
+    dev = uuid.uuid4().hex[:16].upper()
+    provision(engine, settings, dev, latitude=49.87, longitude=8.65)
+    sent = readings(dev, 3)
+    app = create_app(settings, engine=engine, ingest_workers=1, forward=True)
+    with TestClient(app):
+        deadline = time.monotonic() + 30
+        while not all(w.ready.is_set() for w in app.state.ingest_workers):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        gw = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        gw.connect("127.0.0.1", broker.port)
+        gw.loop_start()
+        body = {"gateway": "gw-a", "sent": T0.isoformat(),
+                "readings": [r.model_dump(mode="json") for r in sent]}
+        gw.publish("allmende/gw/gw-a/up", json.dumps(body), qos=1).wait_for_publish(10)
+        gw.loop_stop()
+        gw.disconnect()
+        while True:
+            with Session(engine) as session:
+                linked = session.get(PlatformLink, (TARGET, f"datastream:{dev}:PM2.5"))
+            if linked is not None and len(observations(sta, engine, dev, "PM2.5")) == 3:
+                break
+            assert time.monotonic() < deadline, "readings did not reach SensorThings"
+            time.sleep(0.2)
+    assert [o["result"] for o in observations(sta, engine, dev, "PM2.5")] == \
+        [r.value for r in sent]
