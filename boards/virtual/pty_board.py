@@ -31,7 +31,6 @@ import json
 import logging
 import os
 import select
-import shutil
 import signal
 import subprocess
 import termios
@@ -40,14 +39,11 @@ import time
 import tty
 from pathlib import Path
 
-from allmende.boards import load_board
 from allmende.boards.virtual.node import EXIT_DEEPSLEEP, EXIT_RESET, HARD_RESET, VirtualNode
 from allmende.boards.virtual.unix_port import (
-    RUNTIME,
     micropython_cmd,
     micropython_env,
 )
-from allmende.firmware.build import BuildError, mpy_cross_cmd
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +52,6 @@ FRIENDLY_BANNER = b'Type "help()" for more information.'
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 # Where a radio transmits when no medium is given: a discard port, nobody hears the frames.
 NO_MEDIUM = ("127.0.0.1", 9)
-# The simulated peripherals (machine, vdevices, sim_*) are bytecode in the interpreter's heap,
-# 55 KB and more with the fragmentation their loading leaves, where a real chip has silicon;
-# the board's own free heap comes on top of it.
-SIM_HEAP_KB = 100
 _OUT_LIMIT = 1 << 20  # bytes kept for a slow or absent serial reader; older ones are lost
 
 
@@ -79,13 +71,12 @@ class PtyBoard:
         medium: tuple[str, int] | None = NO_MEDIUM,
         faults: dict[str, str] | None = None,
     ) -> None:
-        if heap is None:
-            heap = f"{int(load_board(board)['free_heap_kb']) + SIM_HEAP_KB}k"
+        # The firmware gets the board's free heap; the simulated hardware's own comes on top.
         self.node = VirtualNode(root, board=board, seed=seed, node_id=node_id, medium=medium,
                                 heap=heap, faults=faults, flash=fs, state=state)
         self.flash = self.node.flash
         self.state = self.node.state
-        self.heap = heap
+        self.heap = self.node.heap
         self.port: str | None = None
         self._master = -1
         self._slave = -1
@@ -105,7 +96,6 @@ class PtyBoard:
         self._sleep_until: float | None = None
         self._powered = False
         self._boot_count = 0
-        self._rom_built = False
         self._interrupt_sent = False
         self._booted = threading.Condition(self._lock)
 
@@ -189,36 +179,9 @@ class PtyBoard:
         return self.node.wakes
 
     # -- interpreter processes ---------------------------------------------------------
-    def _sync_runtime(self) -> Path:
-        # The runtime is the board's ROM, precompiled like frozen modules so that compiling
-        # it does not eat and fragment the heap the firmware gets. Rebuilt when missing, in
-        # the state directory: the only host directory the interpreter reaches besides flash.
-        rom = self.state / "runtime"
-        rom.mkdir(exist_ok=True)
-        for src in RUNTIME.glob("*.py"):
-            if src.name == "vboot.py":  # the script the interpreter starts with stays source
-                if not (rom / src.name).exists() or not self._rom_built:
-                    shutil.copyfile(src, rom / src.name)
-                continue
-            target = rom / (src.stem + ".mpy")
-            if self._rom_built and target.exists():
-                continue
-            (rom / src.name).unlink(missing_ok=True)
-            try:
-                compiled = subprocess.run(
-                    [mpy_cross_cmd(), "-o", str(target), "-s", src.name, str(src)],
-                    capture_output=True, text=True)
-                ok = compiled.returncode == 0
-            except BuildError:
-                ok = False
-            if not ok:  # no mpy-cross: the source works too, at a cost in heap
-                shutil.copyfile(src, rom / src.name)
-        self._rom_built = True
-        return rom
-
     def _power_on(self, cause: int, *, raw: bool = False, interrupted: bool = False) -> None:
         self.node.begin_wake(cause)
-        rom = self._sync_runtime()
+        rom = self.node.install_runtime()
         (self.state / "ready").unlink(missing_ok=True)
         env = micropython_env([rom], {
             "ALLMENDE_VBOARD_STATE": "/.vboard",

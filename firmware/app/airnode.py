@@ -11,7 +11,7 @@ import time
 import config
 import payload
 import rtcmem
-from board import Board
+from board import Board, release_drivers
 
 FIRMWARE_VERSION = "0.1.0"
 SESSION_FILE = "lorawan.bin"
@@ -157,7 +157,7 @@ def cycle(board, cfg, boot, safe_mode):
     # The sensor drivers are done for this wake: their code leaves the heap before the MAC
     # and the radio driver come in, so the two never need RAM at the same time.
     del node
-    _unload("drivers.sds011", "drivers.bme280", "drivers.scd4x")
+    release_drivers()
     device = _device(board, cfg)
     try:
         if not device.joined:
@@ -181,14 +181,6 @@ def cycle(board, cfg, boot, safe_mode):
         apply_downlink(cfg, safe_mode, result.fport, result.payload)
     return interval_ms(cfg, safe_mode)
 
-
-def _unload(*modules):
-    import gc
-    import sys
-
-    for name in modules:
-        sys.modules.pop(name, None)
-    gc.collect()
 
 
 def run():

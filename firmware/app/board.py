@@ -120,3 +120,14 @@ class Board:
 
     def reset(self):
         machine.reset()
+
+
+def release_drivers():
+    """Drops the driver modules from the heap: a wake uses the sensors, then the radio, and
+    the two sets of code need not be in RAM at once (ESP32 heap is ~100 KB)."""
+    import gc
+    import sys
+
+    for name in [n for n in sys.modules if n.startswith("drivers.")]:
+        del sys.modules[name]
+    gc.collect()

@@ -14,12 +14,15 @@ _ZERO_KEY = "0" * 32
 
 
 def _check(results, name, probe):
+    from board import release_drivers
+
     try:
         detail = probe()
         ok = True
     except Exception as exc:  # every failure is a result to report, never a crash
         detail = "%s: %s" % (type(exc).__name__, exc)
         ok = False
+    release_drivers()  # one driver in RAM at a time, as in a wake
     results[name] = {"ok": ok, "detail": detail}
     print("selftest: %-8s %s  %s" % (name, "ok  " if ok else "FAIL", detail))
     return ok
