@@ -13,9 +13,8 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 from allmende.fleet.db import make_engine
-from allmende.fleet.ingest import IngestWorker
+from allmende.fleet.ingest import IngestWorker, read_counters
 from allmende.fleet.models import (
-    Counter,
     Device,
     DeviceCreate,
     Event,
@@ -59,7 +58,7 @@ def provision(engine: sa.Engine, settings: FleetSettings, *, gateways: list[str]
 
 def counters(engine: sa.Engine) -> dict[str, int]:
     with Session(engine) as session:
-        return {c.name: c.value for c in session.exec(select(Counter))}
+        return read_counters(session)
 
 
 async def until(check: Callable[[], bool], *, within: float = 30.0) -> None:

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Query, status
 from sqlmodel import col, select
 
 from ... import audit, provisioning
+from ...ingest import read_counters
 from ...models import (
     MAX_ID,
     AuditEntry,
     AuditPublic,
     AuditVerification,
-    Counter,
     Role,
     User,
     UserCreate,
@@ -62,4 +62,4 @@ def verify_audit(session: SessionDep, user: Admin) -> AuditVerification:
 @router.get("/counters", response_model=dict[str, int])
 def counters(session: SessionDep, user: Staff) -> dict[str, int]:
     """Ingest and forwarding counters shared by all workers (rejected, duplicates, ...)."""
-    return {c.name: c.value for c in session.exec(select(Counter).order_by(col(Counter.name)))}
+    return read_counters(session)
