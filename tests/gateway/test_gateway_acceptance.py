@@ -105,6 +105,10 @@ def test_broker_outage_loses_nothing_and_keeps_order(tmp_path, gateway_factory):
         assert gw.wait_metric(
             "allmende_gateway_readings_committed_total", len(all_keys(nodes))
         ) == len(all_keys(nodes))
+        # The gateway notices the lost broker on its own schedule (keepalive, socket error).
+        deadline = time.monotonic() + 30
+        while gw.metric("allmende_gateway_mqtt_connected") != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert gw.metric("allmende_gateway_mqtt_connected") == 0
         assert gw.metric("allmende_gateway_outbox_depth_readings") > 0
         stack = run_mosquitto(tmp_path / "mq", config_lines=persistent, port=port)
