@@ -439,7 +439,11 @@ class IngestWorker:
 
     @property
     def up_filter(self) -> str:
-        return f"$share/{self.settings.ingest_group}/{TOPIC_ROOT}/+/up"
+        """The shared subscription of the worker group; a plain one when the group is empty
+        (for brokers without MQTT 5 shared subscriptions, such as the embedded amqtt)."""
+        plain = f"{TOPIC_ROOT}/+/up"
+        group = self.settings.ingest_group
+        return f"$share/{group}/{plain}" if group else plain
 
     async def run(self) -> None:
         """Consume until cancelled, reconnecting when the broker goes away."""
@@ -457,14 +461,21 @@ class IngestWorker:
         s = self.settings
         # A worker with a stable client id keeps its session on the broker: messages it had
         # not acknowledged when it stopped are handed to it again when it comes back.
-        properties = None
-        if self.client_id:
-            properties = Properties(PacketTypes.CONNECT)
-            properties.SessionExpiryInterval = s.ingest_session_expiry_s
+        shared = bool(s.ingest_group)
+        options: dict[str, Any] = {}
+        if shared:
+            properties = None
+            if self.client_id:
+                properties = Properties(PacketTypes.CONNECT)
+                properties.SessionExpiryInterval = s.ingest_session_expiry_s
+            options.update(protocol=aiomqtt.ProtocolVersion.V5, clean_start=not self.client_id,
+                           properties=properties)
+        else:  # a broker without shared subscriptions speaks MQTT 3.1.1 (amqtt)
+            options.update(protocol=aiomqtt.ProtocolVersion.V311,
+                           clean_session=not self.client_id)
         client = aiomqtt.Client(s.mqtt_host, s.mqtt_port, username=s.mqtt_username,
                                 password=s.mqtt_password, identifier=self.client_id,
-                                protocol=aiomqtt.ProtocolVersion.V5, max_queued_incoming_messages=0,
-                                clean_start=not self.client_id, properties=properties)
+                                max_queued_incoming_messages=0, **options)
         # Acknowledge only after the commit (aiomqtt has no switch for it; paho has).
         client._client.manual_ack_set(True)  # noqa: SLF001
         async with client:
@@ -472,7 +483,8 @@ class IngestWorker:
             # Status is retained, and the broker hands retained messages only to plain
             # subscriptions: every worker keeps gateway state (idempotent).
             await client.subscribe(f"{TOPIC_ROOT}/+/status", qos=1)
-            await client.subscribe(f"$share/{s.ingest_group}/{TOPIC_ROOT}/+/stats", qos=0)
+            stats = f"{TOPIC_ROOT}/+/stats"
+            await client.subscribe(f"$share/{s.ingest_group}/{stats}" if shared else stats, qos=0)
             self.ready.set()
             messages = client.messages
             batch: list[aiomqtt.Message] = []
