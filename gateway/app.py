@@ -12,6 +12,7 @@ import time
 from collections import deque
 from typing import Any
 
+from . import fleet_sync
 from . import network as net
 from .config import GatewayConfig
 from .devices import DeviceFile, DeviceListError
@@ -70,6 +71,8 @@ class Gateway:
         except OutboxError as exc:
             raise StartupError(f"cannot open the outbox {self.config.outbox_path}: {exc}") from None
         self.network.restore([net.Session.from_snapshot(row) for row in sessions], nonces)
+        if self.config.fleet is not None:
+            await self._first_fleet_sync()
         try:
             self._install_devices(self.device_file.load())
         except DeviceListError as exc:
@@ -130,6 +133,34 @@ class Gateway:
             )
             self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        if self.config.fleet is not None:
+            fleet = self.config.fleet
+            self._tasks.append(asyncio.create_task(fleet_sync.keep_in_sync(
+                url=fleet.url, gateway_id=self.config.gateway_id, token=fleet.read_token(),
+                devices_file=self.config.devices_file, interval_s=fleet.interval_s,
+                on_change=lambda: self.reload_devices("fleet"),
+                on_error=lambda reason: self.metrics.fleet_syncs.labels(reason).inc(),
+            ), name="fleet-sync"))
+
+    async def _first_fleet_sync(self) -> None:
+        """Before the first device load: a fresh gateway has no cached list yet."""
+        fleet = self.config.fleet
+        assert fleet is not None
+        try:
+            result = await asyncio.to_thread(
+                fleet_sync.sync_once, fleet.url, self.config.gateway_id, fleet.read_token(),
+                self.config.devices_file,
+            )
+            self.metrics.fleet_syncs.labels("ok").inc()
+            log.info("fleet_sync", extra={"fields": {"devices": result.devices}})
+        except (fleet_sync.FleetSyncError, OSError) as exc:
+            self.metrics.fleet_syncs.labels(getattr(exc, "reason", "token_file")).inc()
+            if not self.config.devices_file.exists():
+                raise StartupError(
+                    f"no device list yet and the fleet sync failed ({exc}); check [fleet] url "
+                    "and the gateway's API token"
+                ) from None
+            log.warning("fleet_sync_failed", extra={"fields": {"error": str(exc)}})
 
     async def run(self) -> None:
         """Runs until SIGTERM/SIGINT (SIGHUP reloads the device list)."""

@@ -96,6 +96,23 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """Devices and keys from the fleet (GET /api/v1/gateways/<id>/sync), cached in the
+    device file. The gateway's API token comes from `token_file` (or `token`)."""
+
+    url: str
+    token: str | None = field(default=None, repr=False)
+    token_file: str | None = None
+    interval_s: float = 60.0
+
+    def read_token(self) -> str:
+        if self.token:
+            return self.token
+        assert self.token_file is not None
+        return Path(self.token_file).read_text().strip()
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     listen: str = "127.0.0.1:9108"  # "" disables the HTTP endpoint
 
@@ -112,6 +129,7 @@ class GatewayConfig:
     outbox: OutboxConfig = OutboxConfig()
     network: NetworkConfig = NetworkConfig()
     metrics: MetricsConfig = MetricsConfig()
+    fleet: FleetConfig | None = None
     log_level: str = "info"
     source: Path | None = None
 
@@ -171,7 +189,7 @@ def load_config(path: str | Path) -> GatewayConfig:
 
 
 def _from_dict(raw: dict[str, Any], path: Path) -> GatewayConfig:
-    known = {"gateway", "udp", "serial", "mqtt", "outbox", "network", "metrics", "log"}
+    known = {"gateway", "udp", "serial", "mqtt", "outbox", "network", "metrics", "fleet", "log"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"unknown section [{unknown[0]}]; known: {', '.join(sorted(known))}")
@@ -228,6 +246,14 @@ def _from_dict(raw: dict[str, Any], path: Path) -> GatewayConfig:
 
     if outbox.path:
         outbox = dataclasses.replace(outbox, path=str(resolve(outbox.path)))
+    fleet = _convert("fleet", FleetConfig, raw["fleet"]) if "fleet" in raw else None
+    if fleet is not None:
+        if not fleet.url.startswith(("http://", "https://")):
+            raise ConfigError(f"fleet.url = {fleet.url!r}: expected http(s)://HOST[:PORT]")
+        if bool(fleet.token) == bool(fleet.token_file):
+            raise ConfigError("[fleet] needs exactly one of token_file (preferred) or token")
+        if fleet.token_file:
+            fleet = dataclasses.replace(fleet, token_file=str(resolve(fleet.token_file)))
     return GatewayConfig(
         gateway_id=gateway_id,
         data_dir=resolve(gw["data_dir"]),
@@ -239,6 +265,7 @@ def _from_dict(raw: dict[str, Any], path: Path) -> GatewayConfig:
         outbox=outbox,
         network=network,
         metrics=metrics,
+        fleet=fleet,
         log_level=level,
         source=path,
     )

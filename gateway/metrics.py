@@ -34,6 +34,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.fleet_syncs = Counter(
+            P + "fleet_syncs_total",
+            "Device-list syncs with the fleet, by result (ok or the failure reason)",
+            ["result"],
+            registry=r,
+        )
         self.readings_committed = Counter(
             P + "readings_committed_total", "Readings committed to the outbox", registry=r
         )
