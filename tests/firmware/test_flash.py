@@ -4,18 +4,24 @@ and is safe to repeat, and every refusal says what to do and leaves the board un
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from allmende.boards import load_board
 from allmende.boards.virtual.pty_board import PtyBoard
 from allmende.firmware import flash
+from allmende.fleet.app import create_app
+from allmende.fleet.models import DeviceCreate
+from allmende.fleet.provisioning import create_device
+from allmende.fleet.security import KeyVault
+from allmende.fleet.settings import FleetSettings
+from sqlmodel import Session
 
 from allmende.cli import main
+from tests.fixtures.services import serve_app
 
 DEV_EUI = "70B3D57ED0000001"
 BUNDLE = {
@@ -160,56 +166,33 @@ def test_missing_port_and_missing_bundle(capsys: pytest.CaptureFixture[str],
         node("flash", "--board", "virtual", "--bundle", "x.json")  # no --port at all
 
 
-class _Fleet(BaseHTTPRequestHandler):
-    reports: list[dict[str, Any]] = []
-    tokens: list[str] = []
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _reply(self, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self.tokens.append(self.headers.get("Authorization", ""))
-        if self.path == f"/api/v1/devices/{DEV_EUI}/bundle":
-            self._reply(200, {"dev_eui": DEV_EUI, "join_eui": BUNDLE["join_eui"],
-                              "app_key": BUNDLE["app_key"], "kind": "air_quality",
-                              "board": "virtual", "home_gateway_id": "gw-1",
-                              "region": "EU868", "activation": "OTAA"})
-        else:
-            self._reply(404, {"detail": "not found"})
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", 0))
-        self.reports.append(json.loads(self.rfile.read(length)))
-        self._reply(201, {"ok": True})
-
-
-def test_bundle_from_the_fleet_and_report_back(board: PtyBoard,
+def test_bundle_from_the_fleet_and_report_back(board: PtyBoard, tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    server = HTTPServer(("127.0.0.1", 0), _Fleet)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    """Against the real fleet service: the bundle it generated is flashed, the report lands
+    in its audit log and sets the device's firmware version."""
+    settings = FleetSettings(database_url=f"sqlite:///{tmp_path / 'fleet.db'}",
+                             secret_key="flash-test-secret-01", admin_token="alm_flash_admin")
+    app = create_app(settings)
+    with Session(app.state.engine) as session:
+        create_device(session, KeyVault(settings.secret_key),
+                      DeviceCreate(dev_eui=DEV_EUI, board="virtual"), actor="test")
+        session.commit()
+    with serve_app(app) as url:
         assert node("flash", "--board", "virtual", "--port", str(board.port), "--fleet", url,
-                    "--token", "t0ken", "--device", DEV_EUI) == 0
+                    "--token", "alm_flash_admin", "--device", DEV_EUI) == 0
         # A device the fleet does not know: refused, nothing written.
         before = snapshot(board.flash)
         assert node("flash", "--board", "virtual", "--port", str(board.port), "--fleet", url,
-                    "--token", "t0ken", "--device", "70B3D57ED00000FF") == 2
+                    "--token", "alm_flash_admin", "--device", "70B3D57ED00000FF") == 2
         assert snapshot(board.flash) == before
-    finally:
-        server.shutdown()
-    assert _Fleet.tokens[0] == "Bearer t0ken"
-    report = _Fleet.reports[-1]
-    assert report["dev_eui"] == DEV_EUI and report["ok"] is True
-    assert report["selftest"]["radio"]["ok"] is True
+        headers = {"Authorization": "Bearer alm_flash_admin"}
+        audit = httpx.get(f"{url}/api/v1/audit", params={"limit": 1000}, headers=headers).json()
+        device = httpx.get(f"{url}/api/v1/devices/{DEV_EUI}", headers=headers).json()
+    flashes = [e for e in audit if e["action"] == "flash"]
+    assert len(flashes) == 1 and flashes[0]["entity_id"] == DEV_EUI
+    report = flashes[0]["data"]
+    assert report["ok"] is True and report["selftest"]["radio"]["ok"] is True
+    assert device["firmware_version"] == report["firmware"]
     assert "flash report recorded" in capsys.readouterr().out
 
 

@@ -4,15 +4,10 @@ them, decommissioned ones dropped, and a fleet that cannot be reached changes no
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
-from sqlmodel import Session
-
 from allmende.fleet.app import create_app
 from allmende.fleet.models import DeviceCreate, GatewayCreate
 from allmende.fleet.mosquitto import free_port
@@ -21,6 +16,9 @@ from allmende.fleet.security import KeyVault
 from allmende.fleet.settings import FleetSettings
 from allmende.gateway import fleet_sync
 from allmende.gateway.devices import load_devices
+from sqlmodel import Session
+
+from tests.fixtures.services import serve_app
 
 
 @pytest.fixture
@@ -40,17 +38,8 @@ def fleet(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], dict[str, str],
                 DeviceCreate(dev_eui=f"70B3D57ED00000{n:02X}", home_gateway_id=gw), actor="t")
             keys[device.dev_eui] = app_key
         session.commit()
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", tokens, keys, settings
-    server.should_exit = True
-    thread.join(10)
+    with serve_app(app) as url:
+        yield url, tokens, keys, settings
 
 
 def test_a_gateway_gets_its_own_devices_and_keys(fleet, tmp_path: Path) -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
-from sqlmodel import Session, SQLModel, col, select
+from sqlmodel import Field, Session, SQLModel, col, select
 
 from ... import audit, provisioning
 from ...models import (
@@ -31,6 +31,26 @@ DevEui = Annotated[str, Path(min_length=1, max_length=32, description="16 hex di
 class DeviceProvisioned(SQLModel):
     device: DevicePublic
     bundle: ProvisioningBundle
+
+
+class FlashReport(SQLModel):
+    """What `allmende node flash` found on the board: recorded in the audit log."""
+
+    ok: bool
+    board: str | None = Field(default=None, max_length=80)
+    slot: str | None = Field(default=None, max_length=8)
+    firmware: str | None = Field(default=None, max_length=40)
+    micropython: str | None = Field(default=None, max_length=80)
+    chip_id: str | None = Field(default=None, max_length=40)
+    selftest: dict[str, Any] = Field(default_factory=dict)
+    port: str | None = Field(default=None, max_length=200)
+    time: str | None = Field(default=None, max_length=40)
+
+
+class FlashRecorded(SQLModel):
+    dev_eui: str
+    ok: bool
+    audit_id: int
 
 
 def load_device(session: Session, dev_eui: str, user: User) -> Device:
@@ -105,6 +125,22 @@ def get_bundle(dev_eui: DevEui, session: SessionDep, user: DeviceWriter,
     result = provisioning.bundle(session, vault, device, actor=user.name)
     session.commit()
     return result
+
+
+@router.post("/{dev_eui}/flash-reports", response_model=FlashRecorded,
+             status_code=status.HTTP_201_CREATED)
+def record_flash(dev_eui: DevEui, report: FlashReport, session: SessionDep,
+                 user: DeviceWriter) -> FlashRecorded:
+    """A technician's flash of this device and its on-board self-test, for the history."""
+    device = load_device(session, dev_eui, user)
+    if report.ok and report.firmware:
+        device.firmware_version = report.firmware
+        session.add(device)
+    entry = audit.record(session, actor=user.name, action="flash", entity="device",
+                         entity_id=device.dev_eui, data=report.model_dump())
+    session.commit()
+    assert entry.id is not None
+    return FlashRecorded(dev_eui=device.dev_eui, ok=report.ok, audit_id=entry.id)
 
 
 @router.post("/{dev_eui}/decommission", response_model=DevicePublic)
