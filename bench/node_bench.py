@@ -15,13 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cayennelpp import LppFrame
-
 from allmende.boards import load_board
 from allmende.boards.virtual import unix_port
 from allmende.boards.virtual.node import NO_MEDIUM, VirtualNode
 from allmende.firmware import build
 from allmende.firmware.app import payload
+from cayennelpp import LppFrame
 
 READING = {"pm25": 12.3, "pm10": 20.1, "temperature": 21.57, "humidity": 45.5,
            "pressure": 1013.2, "battery": 3.71, "flags": 0}
@@ -64,7 +63,7 @@ def time_on_air_ms(sizes: list[tuple[str, int]]) -> list[tuple[str, float, float
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr)
     rows = [tuple(float(x) for x in line.split()) for line in proc.stdout.splitlines()]
-    return [(name, sf7, sf12) for (name, _), (sf7, sf12) in zip(sizes, rows)]
+    return [(name, sf7, sf12) for (name, _), (sf7, sf12) in zip(sizes, rows, strict=True)]
 
 
 def wake_completes(root: Path, firmware_kb: int) -> bool:
@@ -106,9 +105,11 @@ def main() -> int:
     for name, sf7, sf12 in time_on_air_ms(sizes):
         n = dict(sizes)[name]
         print(f"  {name:<22} {n:>5}  {sf7:>8.1f} ms  {sf12:>9.1f} ms")
-    print(f"  (airtime of the whole LoRaWAN frame: payload + {LORAWAN_OVERHEAD} bytes, BW125, CR4/5)")
+    print(f"  (airtime of the whole LoRaWAN frame: payload + {LORAWAN_OVERHEAD} bytes, "
+          "BW125, CR4/5)")
     files, mpy, source = bundle_size()
-    print(f"\nFirmware slot: {files} modules, {mpy / 1024:.1f} KB .mpy ({source / 1024:.1f} KB source)")
+    print(f"\nFirmware slot: {files} modules, {mpy / 1024:.1f} KB .mpy "
+          f"({source / 1024:.1f} KB source)")
     sys.stdout.flush()
     firmware_kb, sim_kb = smallest_heap_kb()
     print(f"Smallest heap one wake (sensors + ABP uplink + RX windows) completes in: "

@@ -9,15 +9,15 @@ import os
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from allmende.firmware.app import payload
 
 from allmende.demo import DemoOptions, running
-from allmende.firmware.app import payload
 from tests.fixtures.services import run_sensorthings
 
 pytestmark = pytest.mark.slow

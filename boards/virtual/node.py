@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from allmende.boards import load_board
-from allmende.firmware.build import mpy_cross_cmd
 from allmende.boards.virtual.unix_port import RUNTIME, micropython_cmd, micropython_env
+from allmende.firmware.build import mpy_cross_cmd
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,8 @@ class VirtualNode:
         transient buffers of the simulation. The firmware gets the board's free heap on top."""
         rom = self.install_runtime()
         cached = rom / "heap.json"
-        if cached.exists() and cached.stat().st_mtime >= max(p.stat().st_mtime for p in rom.iterdir()):
+        newest = max(p.stat().st_mtime for p in rom.iterdir())
+        if cached.exists() and cached.stat().st_mtime >= newest:
             return int(json.loads(cached.read_text())["kb"])
         with tempfile.TemporaryDirectory() as scratch:
             probe = Path(scratch)

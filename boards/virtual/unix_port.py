@@ -50,7 +50,7 @@ def run(
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Runs `code` under the unix port with the heap capped; firmware app modules on the path."""
-    search = list(path) if path is not None else [FIRMWARE_APP]
+    search: list[Path | str] = list(path) if path is not None else [FIRMWARE_APP]
     return subprocess.run(
         [micropython_cmd(), "-X", f"heapsize={heap}", "-c", code],
         capture_output=True,

@@ -6,7 +6,6 @@ safe mode (essential sensors only, flagged uplinks, long sleep, no reset loops).
 watchdog is fed only after a healthy cycle.
 """
 
-import time
 
 import config
 import payload
@@ -128,7 +127,8 @@ def _device(board, cfg):
     if cfg["activation"] == "otaa":
         keys.update(join_eui=cfg["join_eui"], app_key=cfg["app_key"])
     else:
-        keys.update(dev_addr=cfg["dev_addr"], nwk_s_key=cfg["nwk_s_key"], app_s_key=cfg["app_s_key"])
+        keys.update(dev_addr=cfg["dev_addr"], nwk_s_key=cfg["nwk_s_key"],
+                    app_s_key=cfg["app_s_key"])
     return Device(board.radio(), board.rtc, SESSION_FILE, data_rate=cfg["data_rate"],
                   adr=cfg["adr"], battery=lambda: _battery_level(board),
                   rtc_offset=rtcmem.MAC_OFFSET, **keys)

@@ -139,7 +139,8 @@ def decode(fport, data):
     fmt = _fmt(fields)
     size = struct.calcsize(fmt)
     if len(data) < size:
-        raise PayloadError("FPort %d (%s): %d bytes, need at least %d" % (fport, kind, len(data), size))
+        raise PayloadError(
+            "FPort %d (%s): %d bytes, need at least %d" % (fport, kind, len(data), size))
     values = struct.unpack_from(fmt, data, 0)
     flags = values[-1]
     out = {"kind": kind, "version": data[0], "flags": flags}
@@ -151,7 +152,8 @@ def decode(fport, data):
         if flags & flag:
             code = ">" + field[1]
             if len(data) < size + struct.calcsize(code):
-                raise PayloadError("FPort %d (%s): flag for %s set but payload ends" % (fport, kind, field[0]))
+                raise PayloadError(
+                    "FPort %d (%s): flag for %s set but payload ends" % (fport, kind, field[0]))
             out[field[0]] = _from_wire(field, struct.unpack_from(code, data, size)[0])
             size += struct.calcsize(code)
         else:
@@ -159,7 +161,8 @@ def decode(fport, data):
     for flag, _ in FLAG_NAMES:
         known |= flag
     if flags & ~known & 0xFF:
-        raise PayloadError("FPort %d (%s): reserved flag bits 0x%02x set" % (fport, kind, flags & ~known))
+        raise PayloadError(
+            "FPort %d (%s): reserved flag bits 0x%02x set" % (fport, kind, flags & ~known))
     if len(data) != size:
         raise PayloadError("FPort %d (%s): %d bytes, expected %d" % (fport, kind, len(data), size))
     return out

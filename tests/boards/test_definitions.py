@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from allmende.boards import board_names, load_board
+
 from allmende.cli import main
 
 REQUIRED = {"name", "title", "mcu", "micropython", "radio", "i2c", "uart", "sensors", "flash",

@@ -6,8 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from allmende.boards.virtual.node import DEEPSLEEP_RESET, HARD_RESET, PWRON_RESET, WDT_RESET, VirtualNode
+from allmende.boards.virtual.node import (
+    DEEPSLEEP_RESET,
+    HARD_RESET,
+    PWRON_RESET,
+    WDT_RESET,
+    VirtualNode,
+)
 
 COUNTER = """
 import machine

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from allmende.boards import load_board
 from allmende.boards.virtual.medium import Frame, RadioMedium
 from allmende.boards.virtual.node import VirtualNode
@@ -111,7 +110,9 @@ async def collect(node: VirtualNode, network: NetworkUnderTest, wanted: int) -> 
         await asyncio.to_thread(node.stop)
 
 
-async def run_node(tmp_path: Path, wanted_uplinks: int, **sim: Any) -> tuple[NetworkUnderTest, VirtualNode]:
+async def run_node(
+    tmp_path: Path, wanted_uplinks: int, **sim: Any
+) -> tuple[NetworkUnderTest, VirtualNode]:
     async with RadioMedium(seed=3) as medium:
         node = VirtualNode(tmp_path, medium=medium.address, seed=42, **sim)
         build.stage(node.flash, board=load_board("virtual"), config=node_config())
@@ -140,7 +141,7 @@ def test_node_joins_and_its_uplinks_carry_the_simulated_values(tmp_path: Path) -
     # channels share one 1 % sub-band, so after each frame the node holds back 99 times its
     # airtime before the next one starts.
     frames = network.frames
-    for before, after in zip(frames, frames[1:]):
+    for before, after in zip(frames, frames[1:], strict=False):
         quiet = (after.time - after.airtime_s()) - before.time
         assert quiet >= 99 * before.airtime_s() * 0.98, (before, after, quiet)
 

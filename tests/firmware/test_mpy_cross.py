@@ -7,7 +7,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from allmende.firmware.build import mpy_cross_cmd
 
 FIRMWARE = Path(__file__).resolve().parents[2] / "firmware"
@@ -23,7 +22,8 @@ def test_the_whole_firmware_tree_is_covered() -> None:
 def test_compiles(source: Path, tmp_path: Path) -> None:
     target = tmp_path / (source.stem + ".mpy")
     proc = subprocess.run(
-        [mpy_cross_cmd(), "-o", str(target), str(source)], capture_output=True, text=True, timeout=60
+        [mpy_cross_cmd(), "-o", str(target), str(source)],
+        capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert target.read_bytes()[:2] == b"M\x06"  # .mpy format version 6

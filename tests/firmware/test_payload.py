@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from allmende.boards.virtual import unix_port
 from allmende.firmware.app import payload
+from hypothesis import given
+from hypothesis import strategies as st
 
 AQ = payload.FPORT_AIR_QUALITY
 
