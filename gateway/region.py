@@ -1,54 +1,42 @@
 """EU868 rules the gateway's network server needs: data rates, RX windows, duty cycle, ADR.
 
-From the LoRaWAN Regional Parameters (RP002-1.0.x, EU863-870) and ETSI EN 300 220 sub-bands.
+The regional parameters themselves (RP002-1.0.x EU863-870, ETSI EN 300 220 sub-bands, time
+on air) are defined once, in firmware/app/lorawan/region.py, which the nodes run too; this
+module adds what only a network server needs: duty-cycle bookings ahead of time and ADR.
 """
 
 from __future__ import annotations
 
-import math
+from allmende.firmware.app.lorawan import region as eu868
 
-# DR -> (spreading factor, bandwidth kHz). DR7 (FSK) is not supported by this gateway.
+# DR -> (spreading factor, bandwidth kHz): DR0-5 from the shared EU868 definition, plus
+# DR6 (SF7/250 kHz), which gateways hear. DR7 (FSK) is not supported by this gateway.
 DATA_RATES: dict[int, tuple[int, int]] = {
-    0: (12, 125),
-    1: (11, 125),
-    2: (10, 125),
-    3: (9, 125),
-    4: (8, 125),
-    5: (7, 125),
-    6: (7, 250),
-}
+    dr: (eu868.spreading_factor(dr), eu868.BW_KHZ) for dr in range(eu868.MAX_DR + 1)
+} | {6: (7, 250)}
 DR_BY_SF_BW = {v: k for k, v in DATA_RATES.items()}
-MAX_ADR_DR = 5  # ADR stays on 125 kHz channels
+MAX_ADR_DR = eu868.MAX_DR  # ADR stays on 125 kHz channels
 
-# Max MACPayload size M per DR (repeater-compatible), the FRMPayload limit is M - 8 - FOpts.
-MAX_MAC_PAYLOAD = {0: 59, 1: 59, 2: 59, 3: 123, 4: 230, 5: 230, 6: 230}
+# Max MACPayload size M per DR; the FRMPayload limit is M - 8 - FOpts.
+MAX_MAC_PAYLOAD = {dr: eu868.max_mac_payload(dr) for dr in range(eu868.MAX_DR + 1)}
+MAX_MAC_PAYLOAD[6] = MAX_MAC_PAYLOAD[5]
 
-DEFAULT_CHANNELS_HZ = (868_100_000, 868_300_000, 868_500_000)
-DEFAULT_CH_MASK = 0x0007
+DEFAULT_CHANNELS_HZ = tuple(eu868.default_freq(i) for i in range(eu868.DEFAULT_CHANNELS))
+DEFAULT_CH_MASK = (1 << eu868.DEFAULT_CHANNELS) - 1
 
-RECEIVE_DELAY1_S = 1
-RECEIVE_DELAY2_S = 2
-JOIN_ACCEPT_DELAY1_S = 5
-JOIN_ACCEPT_DELAY2_S = 6
-RX2_FREQUENCY_HZ = 869_525_000
-RX2_DR = 0
+RECEIVE_DELAY1_S = eu868.RECEIVE_DELAY1_S
+RECEIVE_DELAY2_S = RECEIVE_DELAY1_S + 1
+JOIN_ACCEPT_DELAY1_S = eu868.JOIN_ACCEPT_DELAY1_S
+JOIN_ACCEPT_DELAY2_S = JOIN_ACCEPT_DELAY1_S + 1
+RX2_FREQUENCY_HZ = eu868.RX2_FREQ
+RX2_DR = eu868.RX2_DR
 
-MAX_EIRP_DBM = 16
+MAX_EIRP_DBM = eu868.MAX_EIRP_DBM
 # TXPower index -> EIRP offset: index 0 is max EIRP, each step is -2 dB, up to index 7.
-MAX_TX_POWER_INDEX = 7
+MAX_TX_POWER_INDEX = eu868.MAX_TX_POWER
 
 # Demodulation floor (dB SNR) per spreading factor, the reference of the ADR margin.
 REQUIRED_SNR_DB = {7: -7.5, 8: -10.0, 9: -12.5, 10: -15.0, 11: -17.5, 12: -20.0}
-
-# ETSI EN 300 220 sub-bands of the 863-870 MHz band as LoRaWAN uses them: (low, high, duty).
-SUB_BANDS: tuple[tuple[int, int, float], ...] = (
-    (863_000_000, 865_000_000, 0.001),
-    (865_000_000, 868_000_000, 0.01),
-    (868_000_000, 868_600_000, 0.01),  # g1: the three default channels
-    (868_700_000, 869_200_000, 0.001),  # g2
-    (869_400_000, 869_650_000, 0.10),  # g3: RX2
-    (869_700_000, 870_000_000, 0.01),  # g4
-)
 
 
 def data_rate(sf: int, bw_khz: int) -> int:
@@ -62,11 +50,14 @@ def rx1_data_rate(uplink_dr: int, rx1_dr_offset: int = 0) -> int:
 
 
 def sub_band(freq_hz: int) -> int | None:
-    """Index into SUB_BANDS of the sub-band holding this frequency, None if outside all."""
-    for i, (low, high, _) in enumerate(SUB_BANDS):
-        if low <= freq_hz < high:
-            return i
-    return None
+    """Index of the ETSI sub-band holding this frequency (shared EU868 table), None if none."""
+    band: int = eu868.sub_band(freq_hz)
+    return None if band < 0 else band
+
+
+def duty_cycle(band: int) -> float:
+    """Allowed fraction of air time in a sub-band (1 %, 0.1 %, 10 %)."""
+    return 1.0 / (eu868.off_factor(band) + 1)
 
 
 def time_on_air_s(
@@ -82,17 +73,12 @@ def time_on_air_s(
 ) -> float:
     """Air time of a LoRa frame in seconds (Semtech AN1200.13). `coding_rate` 1..4 is 4/5..4/8.
 
-    Uplinks carry a payload CRC, LoRaWAN downlinks do not (crc=False). Low data-rate
-    optimisation is on by default when a symbol lasts 16 ms or longer (SF11/SF12 at 125 kHz).
+    Uplinks carry a payload CRC, LoRaWAN downlinks do not (crc=False).
     """
-    t_sym = (1 << sf) / (bw_khz * 1000.0)
-    if low_dr_optimize is None:
-        low_dr_optimize = t_sym >= 0.016
-    de = 1 if low_dr_optimize else 0
-    h = 0 if explicit_header else 1
-    numerator = 8 * phy_len - 4 * sf + 28 + (16 if crc else 0) - 20 * h
-    n_payload = 8 + max(math.ceil(numerator / (4 * (sf - 2 * de))) * (coding_rate + 4), 0)
-    return (preamble + 4.25) * t_sym + n_payload * t_sym
+    us: int = eu868.time_on_air_us(phy_len, sf, bw_khz, cr=coding_rate, preamble=preamble,
+                                   crc=crc, implicit_header=not explicit_header,
+                                   ldro=low_dr_optimize)
+    return us / 1e6
 
 
 class DutyCycle:
@@ -109,7 +95,7 @@ class DutyCycle:
 
     def _band(self, freq_hz: int) -> tuple[int, float] | None:
         band = sub_band(freq_hz)
-        return None if band is None else (band, SUB_BANDS[band][2])
+        return None if band is None else (band, duty_cycle(band))
 
     def can_send(self, freq_hz: int, start: float, toa_s: float) -> bool:
         found = self._band(freq_hz)

@@ -1,6 +1,16 @@
-"""EU868 regional parameters: channels, data rates, RX defaults, duty cycle, time on air."""
+"""EU868 regional parameters: channels, data rates, RX defaults, duty cycle, time on air.
 
-from micropython import const
+The one definition for both sides: the node's MAC (MicroPython) and the gateway's network
+server (CPython, `allmende.firmware.app.lorawan.region`) read them from here.
+"""
+
+try:
+    from micropython import const
+except ImportError:  # CPython: the gateway
+
+    def const(x):
+        return x
+
 
 MAX_CHANNELS = const(16)
 DEFAULT_CHANNELS = const(3)  # 868.1, 868.3, 868.5 MHz; the network may not change them
