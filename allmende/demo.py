@@ -227,7 +227,7 @@ class Demo:
             "[udp]", f'listen = "127.0.0.1:{udp_port}"', "",
             "[mqtt]", *mqtt, "",
             "[fleet]", f'url = "{self.api_url}"', 'token_file = "fleet.token"',
-            "interval_s = 10", "",
+            "interval_s = 5", "",
             "[metrics]", 'listen = ""', "",
         ]))
         log = open(gw_dir / "gateway.log", "wb")  # noqa: SIM115 (closed on exit)
@@ -246,6 +246,7 @@ class Demo:
 
         self.stack.callback(stop_gateway)
         self.gateway = proc
+        self.gateway_devices = gw_dir / "devices.json"
         return udp_port
 
     async def _start_radio(self, gateway_udp: int, bundles: list[dict[str, Any]]) -> None:
@@ -255,7 +256,7 @@ class Demo:
         from allmende.firmware import build
         from allmende.firmware.flash import parse_bundle
 
-        medium = RadioMedium(seed=1, forwarders=[
+        medium = self.medium = RadioMedium(seed=1, forwarders=[
             ForwarderConfig(GATEWAY_EUI, "127.0.0.1", gateway_udp)])
         await self.stack.enter_async_context(medium)
         board = load_board("virtual")

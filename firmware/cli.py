@@ -66,8 +66,9 @@ def _flash(args: argparse.Namespace) -> int:
         print(flash.report_to_fleet(args.fleet, token, bundle.dev_eui,
                                     result.report(args.port, info)))
     if result.ok:
+        flash.start_node(args.port)
         print(f"PASS: device {bundle.dev_eui} is flashed (slot {result.slot}) and its "
-              "self-test passed.")
+              "self-test passed; it restarted and now joins the network.")
         return 0
     failed = ", ".join(k for k, v in result.selftest.items() if not v.get("ok"))
     print(f"FAIL: device {bundle.dev_eui} is flashed (slot {result.slot}) but its self-test "

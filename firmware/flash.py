@@ -234,6 +234,9 @@ print(json.dumps({'version': list(sys.implementation.version[:3]),
 """
 
 
+RAW_REPL_TRIES = 3
+
+
 class Connection:
     """One mpremote serial connection to a board, in the raw REPL."""
 
@@ -258,12 +261,20 @@ class Connection:
         # mpremote reads a pty without a timeout; a board that dies mid-command (power cut)
         # must end in an error, not a flasher waiting forever.
         self.t.serial.timeout = READ_TIMEOUT_S
-        try:
-            self.t.enter_raw_repl(soft_reset=soft_reset)
-        except (TransportError, OSError) as exc:
-            self.t.close()
-            raise FlashError(f"the device on {port} does not answer like MicroPython ({exc}); "
-                             f"is MicroPython installed? Get it from {DOWNLOADS}") from None
+        # A node that is running its application (or waking from deep sleep at the first
+        # Ctrl-C) needs a moment before its REPL answers: a few tries, then give up.
+        for attempt in range(RAW_REPL_TRIES):
+            try:
+                self.t.enter_raw_repl(soft_reset=soft_reset)
+                break
+            except (TransportError, OSError) as exc:
+                if attempt + 1 < RAW_REPL_TRIES:
+                    time.sleep(1.0)
+                    continue
+                self.t.close()
+                raise FlashError(
+                    f"the device on {port} does not answer like MicroPython ({exc}); is "
+                    f"MicroPython installed? Get it from {DOWNLOADS}") from None
 
     def close(self) -> None:
         try:
@@ -656,6 +667,12 @@ def run_selftest(port: str, *, timeout: float = 120, wait_s: float = 0,
         lines.append(f"selftest: slot     FAIL  did not boot {expect_slot}")
         return False, checks, lines
     return bool(result.get("ok")), checks, lines
+
+
+def start_node(port: str) -> None:
+    """Hard-resets the board out of the flasher's REPL session into its normal life: boot,
+    main.py, join, measure, sleep — what the technician wants to see before leaving."""
+    Connection(port, soft_reset=False).reset()
 
 
 def board_info(port: str) -> BoardInfo:

@@ -95,3 +95,49 @@ def test_quick_start_demo_runs_for_a_while_and_summarises(tmp_path: Path) -> Non
     stored = int(out.split("readings stored:")[1].split()[0])
     assert stored >= 2 * len(FIELDS)
     assert "(0 crashed)" in out
+
+
+def test_a_node_flashed_from_the_fleet_joins_and_its_readings_reach_the_fleet(
+        tmp_path: Path) -> None:
+    """Issue 5's loop: staff register a device, the gateway syncs it, a technician flashes a
+    (virtual, pty) board with the fleet's bundle, and the node's OTAA readings are stored."""
+    from allmende.boards.virtual.pty_board import PtyBoard
+
+    from allmende.cli import main
+
+    async def scenario() -> tuple[int, list[dict], dict]:
+        opts = DemoOptions(workdir=tmp_path / "demo", nodes=0, interval_s=10, quiet=True)
+        async with running(opts) as demo:
+            created = await demo._api("POST", "/devices", {
+                "mac": "02:42:ac:00:00:77", "name": "aq-flashed", "kind": "air_quality",
+                "board": "virtual", "home_gateway_id": "gw-demo-1",
+                "latitude": 49.4, "longitude": 8.7})
+            dev_eui = created["device"]["dev_eui"]
+            deadline = time.monotonic() + 60
+            cache = demo.gateway_devices
+            while not cache.exists() or dev_eui.lower() not in cache.read_text().lower():
+                assert time.monotonic() < deadline, "the gateway never synced the new device"
+                await asyncio.sleep(0.5)
+            board = PtyBoard(tmp_path / "board", medium=demo.medium.address,
+                             node_id="0242ac000077")
+            port = await asyncio.to_thread(board.start)
+            try:
+                code = await asyncio.to_thread(
+                    main, ["node", "flash", "--board", "virtual", "--port", port, "--fleet",
+                           demo.api_url, "--token", demo.admin_token, "--device", dev_eui])
+                readings: list[dict] = []
+                deadline = time.monotonic() + 150
+                while code == 0 and not readings and time.monotonic() < deadline:
+                    await asyncio.sleep(2)
+                    page = await demo._api("GET", f"/readings?device={dev_eui}")
+                    readings = page["items"]
+                device = await demo._api("GET", f"/devices/{dev_eui}")
+            finally:
+                await asyncio.to_thread(board.stop)
+        return code, readings, device
+
+    code, readings, device = asyncio.run(scenario())
+    assert code == 0, "flashing from the fleet failed"
+    assert readings, "no reading of the flashed node reached the fleet"
+    assert {r["gateway"] for r in readings} == {"gw-demo-1"}
+    assert device["state"] == "active" and device["firmware_version"]
