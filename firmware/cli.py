@@ -66,9 +66,12 @@ def _flash(args: argparse.Namespace) -> int:
         print(flash.report_to_fleet(args.fleet, token, bundle.dev_eui,
                                     result.report(args.port, info)))
     if result.ok:
-        flash.start_node(args.port)
+        if args.start:
+            flash.start_node(args.port)
+        started = ("it restarted and now joins the network" if args.start else
+                   "reset or power-cycle it to start it")
         print(f"PASS: device {bundle.dev_eui} is flashed (slot {result.slot}) and its "
-              "self-test passed; it restarted and now joins the network.")
+              f"self-test passed; {started}.")
         return 0
     failed = ", ".join(k for k, v in result.selftest.items() if not v.get("ok"))
     print(f"FAIL: device {bundle.dev_eui} is flashed (slot {result.slot}) but its self-test "
@@ -182,6 +185,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     fl.add_argument("--device", help="DevEUI of the device being flashed")
     fl.add_argument("--reprovision", action="store_true",
                     help="allow giving a board that is another device a new identity")
+    fl.add_argument("--start", action="store_true",
+                    help="after a passing self-test, hard-reset the board into its application "
+                         "(default: it stays at the REPL until reset or power-cycled)")
     fl.set_defaults(handler=_flash)
     for name, handler, text in (
         ("info", _info, "MicroPython version, board, slot, config (no keys)"),

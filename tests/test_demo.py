@@ -124,7 +124,8 @@ def test_a_node_flashed_from_the_fleet_joins_and_its_readings_reach_the_fleet(
             try:
                 code = await asyncio.to_thread(
                     main, ["node", "flash", "--board", "virtual", "--port", port, "--fleet",
-                           demo.api_url, "--token", demo.admin_token, "--device", dev_eui])
+                           demo.api_url, "--token", demo.admin_token, "--device", dev_eui,
+                           "--start"])
                 readings: list[dict] = []
                 deadline = time.monotonic() + 150
                 while code == 0 and not readings and time.monotonic() < deadline:
