@@ -1,5 +1,5 @@
 """Fixtures for the LoRaWAN MAC tests: fakes that run inside MicroPython (virtual time,
-radio, RTC memory) and an independent network side in CPython (`cryptography`)."""
+radio, RTC memory) and an independent network side in CPython (the gateway's, on `cryptography`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from allmende.boards.virtual import unix_port
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from allmende.gateway import lorawan, region
+from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.cmac import CMAC
 
 # Runs inside MicroPython next to the firmware: everything a MAC test needs around the MAC.
@@ -118,13 +119,8 @@ def h(text: str) -> bytes:
     return bytes.fromhex(text)
 
 
-def _aes_ecb(key: bytes, data: bytes, *, decrypt: bool = False) -> bytes:
-    cipher = Cipher(algorithms.AES(key), modes.ECB())
-    op = cipher.decryptor() if decrypt else cipher.encryptor()
-    return op.update(data) + op.finalize()
-
-
 def cmac(key: bytes, data: bytes) -> bytes:
+    """AES-CMAC from `cryptography` itself: the oracle for the firmware's and the gateway's."""
     c = CMAC(algorithms.AES(key))
     c.update(data)
     return c.finalize()
@@ -142,46 +138,38 @@ class Uplink:
     mic_ok: bool
 
 
+def _le(on_air: bytes) -> int:
+    return int.from_bytes(on_air, "little")
+
+
 class Network:
     """LoRaWAN 1.0.3 network side written from the spec, independent of the firmware."""
 
     h = staticmethod(h)
     cmac = staticmethod(cmac)
 
+    # The primitives are the gateway's CPython network side (allmende.gateway.lorawan, on
+    # `cryptography`, checked against the public vectors): independent of the firmware MAC,
+    # and written once. Here they take DevAddr and nonces as the bytes on air.
     @staticmethod
     def crypt(key: bytes, direction: int, dev_addr: bytes, fcnt: int, data: bytes) -> bytes:
-        out = bytearray()
-        for i in range(0, len(data), 16):
-            a = (
-                bytes([1, 0, 0, 0, 0, direction])
-                + dev_addr
-                + struct.pack("<IBB", fcnt, 0, i // 16 + 1)
-            )
-            s = _aes_ecb(key, a)
-            out += bytes(x ^ y for x, y in zip(data[i : i + 16], s, strict=False))
-        return bytes(out)
+        return lorawan.crypt_frm_payload(key, _le(dev_addr), fcnt, direction == 0, data)
 
     @staticmethod
     def mic(key: bytes, direction: int, dev_addr: bytes, fcnt: int, msg: bytes) -> bytes:
-        b0 = (
-            bytes([0x49, 0, 0, 0, 0, direction]) + dev_addr + struct.pack("<IBB", fcnt, 0, len(msg))
-        )
-        return cmac(key, b0 + msg)[:4]
+        return lorawan.data_mic(key, msg, _le(dev_addr), fcnt, direction == 0)
 
     @staticmethod
     def airtime_ms(phy_len: int, sf: int, bw_khz: int = 125) -> int:
-        """Time on air (Semtech AN1200.13, CR 4/5, 8 symbol preamble, CRC), whole ms up."""
-        t_sym = 2**sf / bw_khz
-        de = 1 if t_sym > 16 else 0
-        n = math.ceil((8 * phy_len - 4 * sf + 28 + 16) / (4 * (sf - 2 * de)))
-        return math.ceil((8 + 4.25 + 8 + max(n, 0) * 5) * t_sym - 1e-9)
+        """Time on air (CR 4/5, 8 symbol preamble, CRC), whole ms rounded up."""
+        return math.ceil(region.time_on_air_s(phy_len, sf, bw_khz) * 1000 - 1e-9)
 
     @staticmethod
     def join_request(phy: bytes, app_key: bytes) -> tuple[bytes, bytes, int]:
         """(JoinEUI, DevEUI) in display order and the DevNonce; asserts MHDR and MIC."""
-        assert len(phy) == 23 and phy[0] == 0x00
-        assert cmac(app_key, phy[:19])[:4] == phy[19:]
-        return phy[1:9][::-1], phy[9:17][::-1], int.from_bytes(phy[17:19], "little")
+        request = lorawan.parse_join_request(phy)
+        assert lorawan.check_join_request_mic(request, app_key)
+        return request.join_eui, request.dev_eui, request.dev_nonce
 
     @staticmethod
     def join_accept(
@@ -194,15 +182,14 @@ class Network:
         cflist: bytes = b"",
     ) -> bytes:
         """A join-accept as the network sends it (encrypted with AES *decrypt*)."""
-        body = bytes([0x20]) + app_nonce + net_id + dev_addr + bytes([dl_settings, rx_delay])
-        body += cflist
-        body += cmac(app_key, body)[:4]
-        return body[:1] + _aes_ecb(app_key, body[1:], decrypt=True)
+        return lorawan.build_join_accept(
+            app_key, app_nonce=_le(app_nonce), net_id=_le(net_id), dev_addr=_le(dev_addr),
+            dl_settings=dl_settings, rx_delay=rx_delay, cf_list=cflist)
 
     @staticmethod
     def session_keys(app_key: bytes, app_nonce: bytes, net_id: bytes, dev_nonce: int):
-        tail = app_nonce + net_id + dev_nonce.to_bytes(2, "little") + bytes(7)
-        return _aes_ecb(app_key, b"\x01" + tail), _aes_ecb(app_key, b"\x02" + tail)
+        return lorawan.derive_session_keys(
+            app_key, app_nonce=_le(app_nonce), net_id=_le(net_id), dev_nonce=dev_nonce)
 
     @staticmethod
     def cflist(freqs_hz: list[int]) -> bytes:
