@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 PROTOCOL_VERSION = 2
 ACCEPTED_VERSIONS = frozenset({1, 2})
 
@@ -197,12 +199,9 @@ def decode(datagram: bytes, *, max_size: int = MAX_DATAGRAM_SIZE) -> Packet:
 
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
-        # GWMP says UTF-8; decoding first spares json.loads its encoding detection.
-        obj = json.loads(body.decode())
-    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        obj = orjson.loads(body)  # strict: UTF-8, RFC 8259 (no NaN), nesting limited
+    except orjson.JSONDecodeError as exc:
         raise GwmpError("bad_json", str(exc)[:120]) from None
-    except RecursionError:
-        raise GwmpError("bad_json", "nested too deeply") from None
     if not isinstance(obj, dict):
         raise GwmpError("bad_json", f"top level is {type(obj).__name__}, not an object")
     return obj
