@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from cryptography.hazmat.primitives import cmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 # MType (bits 7..5 of MHDR).
@@ -103,38 +104,11 @@ def aes128_decrypt(key: bytes, data: bytes) -> bytes:
     return decryptor.update(bytes(data)) + decryptor.finalize()
 
 
-def _dbl(block: int) -> int:
-    # Doubling in GF(2^128) for the CMAC subkeys (RFC 4493, 2.3).
-    block <<= 1
-    if block >> 128:
-        block = (block & ((1 << 128) - 1)) ^ 0x87
-    return block
-
-
-@lru_cache(maxsize=8192)
-def _cmac_subkeys(key: bytes) -> tuple[int, int]:
-    l_block = int.from_bytes(_ecb_encryptor(key).update(bytes(BLOCK)), "big")
-    k1 = _dbl(l_block)
-    return k1, _dbl(k1)
-
-
 def aes_cmac(key: bytes, msg: bytes) -> bytes:
     """AES-CMAC (RFC 4493) of `msg` under a 16-byte key: 16 bytes; LoRaWAN's MIC is the first 4."""
-    key = _check_key(key)
-    k1, k2 = _cmac_subkeys(key)
-    enc = _ecb_encryptor(key)
-    n = max(1, (len(msg) + BLOCK - 1) // BLOCK)
-    last = msg[(n - 1) * BLOCK :]
-    if len(last) == BLOCK:
-        last_block = int.from_bytes(last, "big") ^ k1
-    else:
-        padded = bytes(last) + b"\x80" + bytes(BLOCK - 1 - len(last))
-        last_block = int.from_bytes(padded, "big") ^ k2
-    state = 0
-    for i in range(n - 1):
-        state ^= int.from_bytes(msg[i * BLOCK : (i + 1) * BLOCK], "big")
-        state = int.from_bytes(enc.update(state.to_bytes(BLOCK, "big")), "big")
-    return enc.update((state ^ last_block).to_bytes(BLOCK, "big"))
+    mac = cmac.CMAC(algorithms.AES(_check_key(key)))
+    mac.update(msg)
+    return mac.finalize()
 
 
 # --- data frames: MIC and FRMPayload -------------------------------------------------------
