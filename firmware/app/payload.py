@@ -128,6 +128,28 @@ def encode(fport, reading, version=1):
     return bytes(buf[: encode_into(buf, fport, reading, version)])
 
 
+_LAYOUTS = {}  # (fport, version) -> what decode needs, worked out once per format
+
+
+def _layout(fport, version):
+    key = (fport, version)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        kind, fields, optional = _schema(fport, version)
+        fmt = _fmt(fields)
+        known = 0
+        for flag, _ in FLAG_NAMES:
+            known |= flag
+        extra = []
+        for flag, field in optional:
+            known |= flag
+            code = ">" + field[1]
+            extra.append((flag, field, code, struct.calcsize(code)))
+        layout = (kind, fields, fmt, struct.calcsize(fmt), tuple(extra), known)
+        _LAYOUTS[key] = layout
+    return layout
+
+
 def decode(fport, data):
     """Decodes one uplink payload into a dict: kind, version, field values, flags.
 
@@ -135,34 +157,27 @@ def decode(fport, data):
     """
     if not data:
         raise PayloadError("FPort %d: empty payload" % fport)
-    kind, fields, optional = _schema(fport, data[0])
-    fmt = _fmt(fields)
-    size = struct.calcsize(fmt)
+    kind, fields, fmt, size, optional, known = _layout(fport, data[0])
     if len(data) < size:
         raise PayloadError(
             "FPort %d (%s): %d bytes, need at least %d" % (fport, kind, len(data), size))
     values = struct.unpack_from(fmt, data, 0)
     flags = values[-1]
-    out = {"kind": kind, "version": data[0], "flags": flags}
-    for field, wire in zip(fields, values[1:-1]):
-        out[field[0]] = _from_wire(field, wire)
-    known = 0
-    for flag, field in optional:
-        known |= flag
-        if flags & flag:
-            code = ">" + field[1]
-            if len(data) < size + struct.calcsize(code):
-                raise PayloadError(
-                    "FPort %d (%s): flag for %s set but payload ends" % (fport, kind, field[0]))
-            out[field[0]] = _from_wire(field, struct.unpack_from(code, data, size)[0])
-            size += struct.calcsize(code)
-        else:
-            out[field[0]] = None
-    for flag, _ in FLAG_NAMES:
-        known |= flag
     if flags & ~known & 0xFF:
         raise PayloadError(
             "FPort %d (%s): reserved flag bits 0x%02x set" % (fport, kind, flags & ~known))
+    out = {"kind": kind, "version": data[0], "flags": flags}
+    for field, wire in zip(fields, values[1:-1]):
+        out[field[0]] = _from_wire(field, wire)
+    for flag, field, code, width in optional:
+        if flags & flag:
+            if len(data) < size + width:
+                raise PayloadError(
+                    "FPort %d (%s): flag for %s set but payload ends" % (fport, kind, field[0]))
+            out[field[0]] = _from_wire(field, struct.unpack_from(code, data, size)[0])
+            size += width
+        else:
+            out[field[0]] = None
     if len(data) != size:
         raise PayloadError("FPort %d (%s): %d bytes, expected %d" % (fport, kind, len(data), size))
     return out
