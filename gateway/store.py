@@ -103,7 +103,8 @@ class Store:
             self.batch.add(received, n, body)
             if state is not None:
                 self._put(state)
-        self._signal.set()
+        if not self._signal.is_set():  # set() takes a lock and notifies: once per batch is enough
+            self._signal.set()
 
     def put_state(self, state: State) -> None:
         """Session state (rows to upsert, sessions to delete, DevNonces) for the next commit."""
