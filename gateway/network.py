@@ -36,6 +36,7 @@ FRAME_REJECT_REASONS = (
     "payload",  # authentic frame whose application payload the codec rejects
 )
 
+_ABP_TAG = b"allmende/session"  # what an ABP session's tag is the MAC of (with the AppSKey)
 MAX_PENDING_SESSIONS = 3  # OTAA sessions joined but not yet used, per device
 
 
@@ -84,11 +85,23 @@ class Session:
     adr_sent_at: int | None = None  # fcnt_up when the last LinkADRReq went out unanswered
     adr_request: tuple[int, int] | None = None  # (dr, tx power index) asked for
 
+    _id: str = field(default="", init=False, repr=False)  # session_id, worked out once
+    stored_id: str | None = field(default=None, repr=False)  # the id it was persisted under
+
     @property
     def session_id(self) -> str:
-        if self.dev_nonce is None:
-            return f"{self.dev_addr:08x}"
-        return f"{self.dev_addr:08x}-{self.dev_nonce:04x}"
+        """`<devaddr>-<devnonce>` (OTAA) or `<devaddr>-k<tag>` (ABP): part of every reading's
+        idempotency key, so it must change whenever frame counters may start again. For ABP
+        that is a new key pair, possibly on the same DevAddr; the tag is a MAC under the keys
+        (it tells key pairs apart and reveals nothing about them), so every gateway that
+        hears the device names the session alike."""
+        if not self._id:
+            if self.dev_nonce is None:
+                tag = lorawan.aes_cmac(self.nwk_s_key, _ABP_TAG + self.app_s_key)[:4].hex()
+                self._id = f"{self.dev_addr:08x}-k{tag}"
+            else:
+                self._id = f"{self.dev_addr:08x}-{self.dev_nonce:04x}"
+        return self._id
 
     def snapshot(self) -> tuple[object, ...]:
         return (
@@ -110,7 +123,7 @@ class Session:
 
     @classmethod
     def from_snapshot(cls, row: tuple[object, ...]) -> Session:
-        (eui, _sid, addr, nonce, nwk, app, up, down, d1, off, rx2, created, active, power) = row
+        (eui, sid, addr, nonce, nwk, app, up, down, d1, off, rx2, created, active, power) = row
         return cls(
             dev_eui=bytes.fromhex(str(eui)),
             dev_addr=int(addr),  # type: ignore[call-overload]
@@ -125,6 +138,7 @@ class Session:
             created=float(created),  # type: ignore[arg-type]
             active=bool(active),
             tx_power_index=int(power),  # type: ignore[call-overload]
+            stored_id=str(sid),
         )
 
 
@@ -196,6 +210,11 @@ class NetworkServer:
         """Loads persisted sessions and used DevNonces (before `set_devices`)."""
         for session in sessions:
             self._add_session(session)
+            if session.stored_id is not None and session.stored_id != session.session_id:
+                # Stored under an older naming scheme: move the row to the current name.
+                self.deleted.append((session.dev_eui.hex(), session.stored_id))
+                self.dirty.add(session)
+            session.stored_id = None
         self.used_nonces = nonces
 
     def set_devices(self, devices: dict[bytes, Device]) -> None:

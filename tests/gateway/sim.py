@@ -19,6 +19,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from allmende.firmware.app import payload
 from allmende.gateway import gwmp, lorawan
+from cryptography.hazmat.primitives import cmac
+from cryptography.hazmat.primitives.ciphers import algorithms
 from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,8 +110,10 @@ class SimNode:
 
     @property
     def session(self) -> str:
-        if self.dev_nonce is None:
-            return f"{self.dev_addr:08x}"
+        if self.dev_nonce is None:  # ABP: tagged with a MAC under the session keys
+            mac = cmac.CMAC(algorithms.AES(self.nwk_s_key))
+            mac.update(b"allmende/session" + self.app_s_key)
+            return f"{self.dev_addr:08x}-k{mac.finalize()[:4].hex()}"
         return f"{self.dev_addr:08x}-{self.dev_nonce:04x}"
 
     def uplink(

@@ -84,6 +84,36 @@ def test_session_state_survives_a_restart_through_snapshots():
     assert uplink.fcnt == 5
 
 
+def test_a_rekeyed_abp_device_on_the_same_devaddr_starts_a_new_session():
+    # Its frame counter starts again: the readings must not share idempotency keys with the
+    # old session's, or the fleet would drop them as duplicates.
+    node = SimNode.abp(5)
+    server, clock = make_server([node])
+    first, _ = server.handle(reception(node.uplink(), clock))
+    node.nwk_s_key, node.app_s_key = bytes(range(16)), bytes(range(16, 32))
+    node.fcnt = 0
+    server.set_devices({node.dev_eui: parse_device(node.device_entry(), "t")})
+    clock.t += 5
+    second, new = server.handle(reception(node.uplink(), clock))
+    assert new and second.fcnt == first.fcnt == 1
+    assert second.session.session_id != first.session.session_id
+    assert second.session.session_id == node.session  # the test's own derivation
+    assert node.nwk_s_key.hex() not in second.session.session_id
+
+
+def test_a_session_stored_under_an_older_name_is_renamed_on_restore():
+    node = SimNode.abp(6)
+    server, clock = make_server([node])
+    server.handle(reception(node.uplink(), clock))
+    rows, _, _ = server.take_changes()
+    old_row = (rows[0][0], f"{node.dev_addr:08x}", *rows[0][2:])  # the DevAddr-only name
+    restored, _ = make_server([])
+    restored.restore([Session.from_snapshot(old_row)], {})
+    upserts, deleted, _ = restored.take_changes()
+    assert deleted == [(node.dev_eui.hex(), f"{node.dev_addr:08x}")]
+    assert [r[1] for r in upserts] == [node.session] and upserts[0][6] == 1  # FCnt kept
+
+
 def test_join_accept_session_and_devnonce_reuse():
     node = SimNode.otaa(4)
     server, clock = make_server([node])
