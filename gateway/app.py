@@ -385,6 +385,7 @@ class Gateway:
         next_device_check = time.monotonic() + self.config.devices_reload_s
         while True:
             await asyncio.sleep(1.0)
+            await self.store.checkpoint()
             now = time.time()
             self.metrics.outbox_oldest_age.set(self.store.oldest_age(now))
             self.metrics.receive_to_commit_recent_max.set(self.store.recent_max_window(now))

@@ -60,6 +60,7 @@ class Store:
         self.acked_pending: set[int] = set()  # loop side: acknowledged, not yet deleted
         self.new_records = asyncio.Event()  # set after a commit that added records
         self._failing: str | None = None
+        self._checkpoint_failing: str | None = None
         self._evicted_since_log = 0
         self._last_eviction_log = 0.0
         self.committed_total = 0
@@ -136,6 +137,19 @@ class Store:
             records = [r for r in records if r.id not in self.acked_pending]
         return records
 
+    async def checkpoint(self) -> None:
+        """A WAL checkpoint on the reader's connection and thread, off the commit path."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self.read_executor, self.reader.checkpoint)
+        except OutboxError as exc:
+            self.metrics.inc(self.metrics.outbox_errors, exc.reason)
+            if self._checkpoint_failing != exc.reason:  # once per kind of failure, not per second
+                log.warning("outbox_checkpoint_failed", extra={"fields": {"error": str(exc)}})
+                self._checkpoint_failing = exc.reason
+        else:
+            self._checkpoint_failing = None
+
     def oldest_age(self, now: float) -> float:
         oldest = self.outbox.oldest_received
         return 0.0 if oldest is None else max(0.0, now - oldest)
@@ -159,7 +173,13 @@ class Store:
                 return
             if not self._signal.is_set():
                 continue
-            time.sleep(self.commit_interval_s)  # let a batch gather
+            # Let a batch gather for commit_interval_s after its first reading arrived; what
+            # arrived during the previous transaction has waited long enough already.
+            first = self.batch.first_received
+            waited = max(0.0, time.time() - first) if first else 0.0  # clamped: clock steps
+            gather = self.commit_interval_s - waited
+            if gather > 0:
+                time.sleep(gather)
             self._signal.clear()
             if not self._flush():
                 time.sleep(RETRY_S)

@@ -49,6 +49,27 @@ def test_batch_commits_atomically_and_survives_reopen(tmp_path):
     again.close()
 
 
+def test_checkpoints_happen_beside_the_writer_not_inside_its_commits(tmp_path):
+    path = tmp_path / "o.sqlite"
+    writer, reader = Outbox(path, max_readings=10**6), Outbox(path, max_readings=10**6)
+    writer.open()
+    reader.open()
+    body = '["' + "x" * 400 + '"]'
+    for _ in range(50):  # ~1,300 pages of WAL: past SQLite's default autocheckpoint (1,000)
+        batch = Batch()
+        for i in range(200):
+            batch.add(float(i), 1, body)
+        writer.write(batch)
+    wal = path.with_name(path.name + "-wal")
+    before = path.stat().st_size
+    assert wal.stat().st_size > 1000 * 4096 and before < 100 * 4096  # all still in the WAL
+    reader.checkpoint()
+    assert path.stat().st_size > 1000 * 4096  # now copied into the database
+    assert reader.fetch(0, 20000)[-1].id == 10000
+    writer.close()
+    reader.close()
+
+
 def test_eviction_drops_the_oldest_and_counts(tmp_path, caplog):
     async def main():
         metrics = Metrics()
