@@ -38,6 +38,7 @@ def test_readings_of_a_flashed_node_reach_the_broker_through_a_real_gateway(
     from tests.gateway.sim import (
         GatewayProcess,
         Subscriber,
+        abp_session_id,
         free_tcp_port,
         free_udp_port,
         write_config,
@@ -86,7 +87,9 @@ def test_readings_of_a_flashed_node_reach_the_broker_through_a_real_gateway(
             gateway.stop()
     quantities = {r["quantity"] for r in mine}
     assert {"PM2.5", "PM10"} <= quantities, quantities
-    assert {r["session"] for r in mine} == {NODE["dev_addr"].lower()}
+    session = abp_session_id(int(NODE["dev_addr"], 16), bytes.fromhex(NODE["nwk_s_key"]),
+                             bytes.fromhex(NODE["app_s_key"]))
+    assert {r["session"] for r in mine} == {session}
     counters = sorted({int(str(r["fcnt"])) for r in mine})
     assert counters[1] == counters[0] + 1
     assert len({r["key"] for r in mine}) == len(mine)  # one reading per key, no duplicates

@@ -62,6 +62,14 @@ def expected_values(reading: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def abp_session_id(dev_addr: int, nwk_s_key: bytes, app_s_key: bytes) -> str:
+    """The session name readings of an ABP device carry (docs/internals.md), derived here
+    with cryptography's CMAC, independently of the gateway."""
+    mac = cmac.CMAC(algorithms.AES(nwk_s_key))
+    mac.update(b"allmende/session" + app_s_key)
+    return f"{dev_addr:08x}-k{mac.finalize()[:4].hex()}"
+
+
 @dataclass
 class SimNode:
     """An ABP node, or an OTAA node once `accept` took its join-accept."""
@@ -110,10 +118,8 @@ class SimNode:
 
     @property
     def session(self) -> str:
-        if self.dev_nonce is None:  # ABP: tagged with a MAC under the session keys
-            mac = cmac.CMAC(algorithms.AES(self.nwk_s_key))
-            mac.update(b"allmende/session" + self.app_s_key)
-            return f"{self.dev_addr:08x}-k{mac.finalize()[:4].hex()}"
+        if self.dev_nonce is None:
+            return abp_session_id(self.dev_addr, self.nwk_s_key, self.app_s_key)
         return f"{self.dev_addr:08x}-{self.dev_nonce:04x}"
 
     def uplink(
