@@ -1,126 +1,73 @@
 """Forwarding to an OGC SensorThings API v1.1 server through the durable outbox.
 
-Readings enter the outbox in the same transaction that stores them; this forwarder drains it
-in the background, so a dead platform never blocks ingest. Things (with their Location),
-Sensors, ObservedProperties and Datastreams are created once and remembered
-(`platform_link`); Observations go in batches through the dataArray extension
+Things (with their Location), Sensors, ObservedProperties and Datastreams are created once and
+remembered (`platform_link`); Observations go in batches through the dataArray extension
 (`CreateObservations`). That call answers 201 even when rows fail and reports them only as
 "error" entries, so each row's entry is checked: a failed batch is split until the poisoned
 row is alone, and that row is dead-lettered with its reason instead of retried forever.
+Claiming, retry and dead-lettering are the outbox's (`outbox.py`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import re
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from sqlmodel import Session, col, select
+from sqlmodel import Session, select
 
-from ..ingest import bump_counters
-from ..models import Device, OutboxItem, PlatformLink, Reading, Site, utcnow
+from ..models import Device, PlatformLink, Reading, Site
 from ..settings import FleetSettings
+from .outbox import (
+    ForwardResult,
+    OutboxForwarder,
+    Pending,
+    PlatformRejected,
+    PlatformUnavailable,
+    is_transient,
+)
 from .units import quantity_info, unit_of_measurement
-
-log = logging.getLogger(__name__)
 
 TARGET = "sensorthings"
 _ID_IN_LOCATION = re.compile(r"\('?([^')]+)'?\)\s*$")
 
 
-class PlatformUnavailable(Exception):
-    """The server could not be reached or answered 5xx: retry later, the rows stay pending."""
-
-
-class PlatformRejected(Exception):
-    """The server refused an entity for good (4xx): the rows that need it are dead-lettered."""
-
-
-@dataclass
-class ForwardResult:
-    delivered: int = 0
-    dead: int = 0
-    retrying: int = 0
-
-    @property
-    def handled(self) -> int:
-        return self.delivered + self.dead + self.retrying
-
-
 @dataclass
 class _Row:
-    item: OutboxItem
-    reading: Reading
-    datastream: str = ""
+    pending: Pending
+    datastream: str
+
+    @property
+    def reading(self) -> Reading:
+        return self.pending.reading
 
 
-class SensorThingsForwarder:
-    """Drains the `sensorthings` outbox; `forward_once()` is one pass, `run()` loops."""
+class SensorThingsForwarder(OutboxForwarder):
+    """Drains the `sensorthings` outbox."""
+
+    target = TARGET
 
     def __init__(self, engine: sa.Engine, settings: FleetSettings, *,
                  http: httpx.Client | None = None) -> None:
         if not settings.sensorthings_url:
             raise ValueError("ALLMENDE_SENSORTHINGS_URL is not set")
-        self.engine = engine
-        self.settings = settings
+        super().__init__(engine, settings, http=http)
         self.base = settings.sensorthings_url.rstrip("/")
-        self.http = http or httpx.Client(timeout=30)
         self.batch = max(1, min(settings.sensorthings_batch_size, 10_000))
 
-    # --- the loop --------------------------------------------------------------------------
-
-    async def run(self, *, idle_s: float = 1.0) -> None:
-        """Forward until cancelled; sleeps while the outbox is empty or the platform is down."""
-        while True:
+    def deliver(self, session: Session, rows: list[Pending], result: ForwardResult) -> None:
+        ready: list[_Row] = []
+        for row in rows:
             try:
-                result = await asyncio.to_thread(self.forward_once)
-            except sa.exc.OperationalError as exc:
-                log.warning("forwarder cannot read the outbox: %s", exc)
-                result = ForwardResult()
-            if result.delivered == 0:
-                await asyncio.sleep(idle_s)
-
-    def forward_once(self, *, limit: int = 1000) -> ForwardResult:
-        now = utcnow()
-        result = ForwardResult()
-        with Session(self.engine) as session:
-            pairs = session.exec(
-                select(OutboxItem, Reading)
-                .join(Reading, col(Reading.id) == col(OutboxItem.reading_id))
-                .where(OutboxItem.target == TARGET, OutboxItem.status == "pending",
-                       col(OutboxItem.next_attempt) <= now)
-                .order_by(col(OutboxItem.id)).limit(limit)
-            ).all()
-            if not pairs:
-                return result
-            rows = [_Row(item, reading) for item, reading in pairs]
-            ready: list[_Row] = []
-            for row in rows:
-                try:
-                    row.datastream = self._datastream(session, row.reading)
-                    ready.append(row)
-                except PlatformUnavailable as exc:
-                    self._retry(row.item, str(exc))
-                    result.retrying += 1
-                except PlatformRejected as exc:
-                    self._dead(row.item, str(exc))
-                    result.dead += 1
-            for start in range(0, len(ready), self.batch):
-                self._send(ready[start:start + self.batch], result)
-            for row in rows:
-                if row.item.status == "delivered":
-                    session.delete(row.item)
-                else:
-                    session.add(row.item)
-            bump_counters(session, {f"forwarded_{TARGET}": result.delivered,
-                                    f"dead_{TARGET}": result.dead})
-            session.commit()
-        return result
+                ready.append(_Row(row, self._datastream(session, row.reading)))
+            except PlatformUnavailable as exc:
+                self.retry([row], str(exc), result)
+            except PlatformRejected as exc:
+                self.dead([row], str(exc), result)
+        for start in range(0, len(ready), self.batch):
+            self._send(ready[start:start + self.batch], result)
 
     # --- observations ----------------------------------------------------------------------
 
@@ -137,14 +84,11 @@ class SensorThingsForwarder:
         try:
             response = self.http.post(f"{self.base}/CreateObservations", json=body)
         except httpx.HTTPError as exc:
-            for row in rows:
-                self._retry(row.item, f"SensorThings unreachable: {exc}")
-            result.retrying += len(rows)
+            self.retry([r.pending for r in rows], f"SensorThings unreachable: {exc}", result)
             return
-        if response.status_code >= 500 or response.status_code == 429:
-            for row in rows:
-                self._retry(row.item, f"SensorThings answered {response.status_code}")
-            result.retrying += len(rows)
+        if is_transient(response.status_code):
+            self.retry([r.pending for r in rows],
+                       f"SensorThings answered {response.status_code}", result)
             return
         entries = _entries(response)
         if response.status_code >= 400 or len(entries) != len(ordered):
@@ -152,35 +96,20 @@ class SensorThingsForwarder:
         failed: list[_Row] = []
         for row, entry in zip(ordered, entries, strict=True):
             if isinstance(entry, str) and entry.startswith("http"):
-                row.item.status = "delivered"
-                result.delivered += 1
+                self.delivered([row.pending], result)
             else:
                 failed.append(row)
         if not failed:
             return
         if len(failed) == 1 and len(rows) == 1:
-            reason = (f"SensorThings rejected the observation ({response.status_code}): "
-                      f"{response.text[:300]}")
-            self._dead(failed[0].item, reason)
-            result.dead += 1
+            self.dead([failed[0].pending],
+                      f"SensorThings rejected the observation ({response.status_code}): "
+                      f"{response.text[:300]}", result)
             return
         # The server refuses a whole batch for one bad row: halve until it stands alone.
         half = max(1, len(failed) // 2)
         self._send(failed[:half], result)
         self._send(failed[half:], result)
-
-    def _retry(self, item: OutboxItem, reason: str) -> None:
-        item.attempts += 1
-        item.last_error = reason[:1000]
-        if item.attempts >= self.settings.forward_max_attempts:
-            item.status = "dead"
-        else:
-            item.next_attempt = utcnow() + timedelta(seconds=min(2 ** item.attempts, 3600))
-
-    def _dead(self, item: OutboxItem, reason: str) -> None:
-        item.attempts += 1
-        item.status = "dead"
-        item.last_error = reason[:1000]
 
     # --- entities created once -------------------------------------------------------------
 
