@@ -14,6 +14,8 @@ from sqlmodel import Session
 from . import monitoring, provisioning
 from .api.routes import admin, devices, events, gateways, readings, sites
 from .db import make_engine, migrate
+from .forward.ngsi_ld import NgsiLdForwarder
+from .forward.outbox import OutboxForwarder
 from .forward.sensorthings import SensorThingsForwarder
 from .ingest import IngestWorker
 from .provisioning import ProvisioningError
@@ -29,7 +31,7 @@ def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | Non
     """The API over one database; migrates it to the newest schema and, when the settings carry
     an admin token, makes sure it works. With `ingest_workers` > 0 the app also consumes the
     gateways' MQTT uploads while it runs, and with `forward` it forwards readings to the
-    platform targets configured in the settings (SensorThings) — all in this process."""
+    platform targets configured in the settings (SensorThings, NGSI-LD) — all in this process."""
     settings = settings or FleetSettings()
     engine = engine or make_engine(settings.database_url)
     if run_migrations:
@@ -49,10 +51,9 @@ def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | Non
         app.state.forwarders = []
         if ingest_workers:
             tasks.append(asyncio.create_task(monitoring.watch(engine, settings)))
-        if forward and settings.sensorthings_url:
-            forwarder = SensorThingsForwarder(engine, settings)
-            app.state.forwarders.append(forwarder)
-            tasks.append(asyncio.create_task(forwarder.run()))
+        if forward:
+            app.state.forwarders = forwarders(engine, settings)
+            tasks += [asyncio.create_task(f.run()) for f in app.state.forwarders]
         try:
             yield
         finally:
@@ -80,6 +81,16 @@ def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | Non
 
     _install_error_handlers(app)
     return app
+
+
+def forwarders(engine: sa.Engine, settings: FleetSettings) -> list[OutboxForwarder]:
+    """One forwarder per platform target whose URL the settings carry."""
+    found: list[OutboxForwarder] = []
+    if settings.sensorthings_url:
+        found.append(SensorThingsForwarder(engine, settings))
+    if settings.ngsi_ld_url:
+        found.append(NgsiLdForwarder(engine, settings))
+    return found
 
 
 def _error(status: int, detail: str, *, loc: tuple[str, ...] = ("body",)) -> JSONResponse:

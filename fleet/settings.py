@@ -46,3 +46,16 @@ class FleetSettings(BaseSettings):
     sensorthings_url: str | None = None
     sensorthings_batch_size: int = 100
     forward_max_attempts: int = 8
+
+    # NGSI-LD forwarding (FIWARE Smart Data Models): the broker's base URL, without
+    # /ngsi-ld/v1, e.g. http://host:1026 ; empty disables that target.
+    ngsi_ld_url: str | None = None
+    # Sent as the NGSILD-Tenant header when set (a multi-tenant broker).
+    ngsi_ld_tenant: str | None = None
+    # Sent as `Authorization: Bearer ...` when set; never logged.
+    ngsi_ld_token: str | None = None
+    # The @context of every entity (JSON list of URLs); unset: the Smart Data Models' and the
+    # core context (forward/smart_data_models.py).
+    ngsi_ld_context: list[str] | None = None
+    # Entities per upsert request.
+    ngsi_ld_batch_size: int = 100

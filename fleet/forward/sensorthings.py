@@ -28,6 +28,7 @@ from .outbox import (
     PlatformUnavailable,
     is_transient,
 )
+from .places import position
 from .units import quantity_info, unit_of_measurement
 
 TARGET = "sensorthings"
@@ -142,13 +143,12 @@ class SensorThingsForwarder(OutboxForwarder):
         if known is not None:
             return known.remote_id
         device = session.exec(select(Device).where(Device.dev_eui == dev_eui)).one()
-        lat, lon = device.latitude, device.longitude
-        site = session.get(Site, device.site_id) if device.site_id else None
-        if (lat is None or lon is None) and site is not None:
-            lat, lon = site.latitude, site.longitude
-        if lat is None or lon is None:
+        where = position(session, device)
+        if where is None:
             # A Thing needs a Location (or every Observation a FeatureOfInterest).
             raise PlatformUnavailable(f"device {dev_eui} has no location (set it or its site's)")
+        lat, lon = where
+        site = session.get(Site, device.site_id) if device.site_id else None
         # No personal data: a flat reference never leaves the fleet.
         return self._once(session, key, "Things", {
             "name": device.name or f"allmende {device.kind} {dev_eui}",

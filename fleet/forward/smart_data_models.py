@@ -1,9 +1,8 @@
 """NGSI-LD entities (FIWARE Smart Data Models) from normalized readings.
 
-One entity per device, its properties the latest values of one uplink, for an upsert
-(`POST /ngsi-ld/v1/entityOperations/upsert?options=update`, `application/ld+json`).
-Units are UN/CEFACT common codes, as the models ask (`unitCode`). Only this mapping exists
-so far; no forwarder sends it yet (no NGSI-LD broker is available to test against here).
+One entity per device and observation time, its properties the values of one uplink, for an
+upsert (`ngsi_ld.py` sends them). Units are UN/CEFACT common codes, as the models ask
+(`unitCode`); times are ISO 8601 UTC (`observedAt`); a location is a GeoProperty.
 """
 
 from __future__ import annotations
@@ -29,6 +28,20 @@ AIR_QUALITY: dict[str, tuple[str, str, float]] = {
     "CO2": ("co2", "59", 1.0),  # ppm
     "battery_voltage": ("batteryVoltage", "VLT", 1.0),
 }
+
+
+AIR_QUALITY_OBSERVED = "AirQualityObserved"
+PARKING_SPOT = "ParkingSpot"
+OCCUPANCY = "occupancy"  # parking: 0 free, 1 occupied
+
+
+def model_of(kind: str, quantity: str) -> str | None:
+    """The Smart Data Model a reading belongs to, or None when no model carries it."""
+    if kind == "air_quality" and quantity in AIR_QUALITY:
+        return AIR_QUALITY_OBSERVED
+    if kind == "parking" and quantity == OCCUPANCY:
+        return PARKING_SPOT
+    return None
 
 
 @dataclass(frozen=True)
@@ -96,6 +109,20 @@ def parking_spot(device: str, occupied: bool, time: datetime, *,
     return entity
 
 
-def upsert_body(entities: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def entity(model: str, device: str, observations: list[Observation], *,
+           latitude: float | None = None, longitude: float | None = None) -> dict[str, Any]:
+    """The `model` entity of one device from the observations of one uplink."""
+    if model == AIR_QUALITY_OBSERVED:
+        return air_quality_observed(device, observations, latitude=latitude,
+                                    longitude=longitude)
+    if model == PARKING_SPOT:
+        latest = max(observations, key=lambda o: o.time)
+        return parking_spot(device, latest.value >= 0.5, latest.time, latitude=latitude,
+                            longitude=longitude)
+    raise ValueError(f"no Smart Data Model named {model}")
+
+
+def upsert_body(entities: list[dict[str, Any]],
+                context: list[str] | None = None) -> list[dict[str, Any]]:
     """The upsert payload: each entity carries the @context (application/ld+json)."""
-    return [{**e, "@context": CONTEXT} for e in entities]
+    return [{**e, "@context": context or CONTEXT} for e in entities]

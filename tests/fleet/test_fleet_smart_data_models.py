@@ -1,11 +1,11 @@
-"""NGSI-LD Smart Data Models mapping of normalized readings."""
+"""FIWARE Smart Data Models mapping of normalized readings (the NGSI-LD entities)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from allmende.fleet.forward.ngsi_ld import (
+from allmende.fleet.forward.smart_data_models import (
     Observation,
     air_quality_observed,
     parking_spot,
