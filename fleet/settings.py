@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,6 +40,10 @@ class FleetSettings(BaseSettings):
     low_battery_v: float = 3.4
     # Readings of devices tied to a flat (personal data) are deleted after this many days.
     personal_retention_days: int = 90
+    # Key of the flats' pseudonyms (HMAC-SHA256, pseudonym.py); changing it renames every flat.
+    # A secret: kept out of reprs and logs.
+    pseudonym_key: SecretStr = Field(default=SecretStr("change-me-allmende-dev-pseudonym-key"),
+                                     min_length=8)
 
     # SensorThings forwarding: base URL up to and including the version, e.g.
     # http://host:8000/v1.1 ; empty disables that target.
