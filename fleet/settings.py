@@ -44,6 +44,13 @@ class FleetSettings(BaseSettings):
     # A secret: kept out of reprs and logs.
     pseudonym_key: SecretStr = Field(default=SecretStr("change-me-allmende-dev-pseudonym-key"),
                                      min_length=8)
+    # Building-level energy (energy.py): the flats' readings of each site are summed per
+    # interval and published only when at least `energy_min_flats` flats contributed.
+    energy_interval_s: int = Field(default=900, ge=60, le=86_400)
+    energy_min_flats: int = Field(default=5, ge=2)
+    # An interval is computed this long after it ended (gateways may deliver late); readings
+    # arriving later still are not counted.
+    energy_delay_s: int = Field(default=900, ge=0)
 
     # SensorThings forwarding: base URL up to and including the version, e.g.
     # http://host:8000/v1.1 ; empty disables that target.

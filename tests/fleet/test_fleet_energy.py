@@ -1,0 +1,116 @@
+"""Building-level energy aggregates of the flats' readings: right sums, suppression below the
+minimum number of flats, who may read them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from allmende.fleet.energy import aggregate_energy
+from allmende.fleet.ingest import ReadingStore, read_counters
+from allmende.fleet.models import EnergyAggregate, Role, Site
+from allmende.fleet.settings import FleetSettings
+from fastapi.testclient import TestClient
+from sqlmodel import Session, select
+
+from tests.fixtures.fleet_records import provision_device, uplink
+
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)  # an interval start (15 min grid)
+STEP = timedelta(minutes=15)
+
+
+def building(engine: sa.Engine, settings: FleetSettings, name: str,
+             flats: int) -> tuple[int, list[str]]:
+    """A site with `flats` flats, one meter each; returns the site id and the meters."""
+    with Session(engine) as session:
+        site = Site(name=name, latitude=49.87, longitude=8.65)
+        session.add(site)
+        session.commit()
+        site_id = int(site.id or 0)
+    meters = [f"{site_id:04X}{i:012X}" for i in range(1, flats + 1)]
+    for i, meter in enumerate(meters, 1):
+        provision_device(engine, settings, meter, kind="energy", site_id=site_id,
+                         flat_ref=f"{name}-{i}")
+    return site_id, meters
+
+
+def meter_uplink(meter: str, fcnt: int, time: datetime, power: float, energy: float) -> list:
+    return uplink(meter, fcnt, time, {"active_power": (power, "W"),
+                                      "energy_import": (energy, "W.h")}, kind="energy")
+
+
+def aggregates(engine: sa.Engine, site_id: int) -> list[EnergyAggregate]:
+    with Session(engine) as session:
+        return list(session.exec(select(EnergyAggregate).where(
+            EnergyAggregate.site_id == site_id).order_by(EnergyAggregate.start,
+                                                         EnergyAggregate.quantity)))
+
+
+def test_building_totals_over_enough_flats(settings: FleetSettings, engine: sa.Engine) -> None:
+    site, meters = building(engine, settings, "Nordhof", 6)
+    store = ReadingStore(engine, settings)
+    for i, meter in enumerate(meters, 1):
+        # Two samples in the first interval: each flat's last one counts.
+        store.store(meter_uplink(meter, 1, T0 + timedelta(minutes=2), 50.0 * i, 1000.0 * i)
+                    + meter_uplink(meter, 2, T0 + timedelta(minutes=10), 100.0 * i,
+                                   1000.0 * i + i))
+        # In the second interval only four flats are heard: the others' values carry over.
+        if i <= 4:
+            store.store(meter_uplink(meter, 3, T0 + STEP + timedelta(minutes=5), 200.0 * i,
+                                     1000.0 * i + 2 * i))
+    # Computed once the second interval ended and the delay passed; the third not yet.
+    now = T0 + 2 * STEP + timedelta(seconds=settings.energy_delay_s + 1)
+    assert aggregate_energy(engine, settings, now=now).published == 4
+    got = [(a.start, a.quantity, a.unit, a.flats, a.total, a.mean)
+           for a in aggregates(engine, site)]
+    power_1 = sum(100.0 * i for i in range(1, 7))
+    energy_1 = sum(1000.0 * i + i for i in range(1, 7))
+    power_2 = sum(200.0 * i for i in range(1, 5)) + 500.0 + 600.0
+    energy_2 = sum(1000.0 * i + 2 * i for i in range(1, 5)) + 5005.0 + 6006.0
+    assert got == [(T0, "active_power", "W", 6, power_1, round(power_1 / 6, 6)),
+                   (T0, "energy_import", "W.h", 6, energy_1, round(energy_1 / 6, 6)),
+                   (T0 + STEP, "active_power", "W", 6, power_2, round(power_2 / 6, 6)),
+                   (T0 + STEP, "energy_import", "W.h", 6, energy_2, round(energy_2 / 6, 6))]
+    # Nothing is computed twice.
+    assert aggregate_energy(engine, settings, now=now).published == 0
+    assert len(aggregates(engine, site)) == 4
+
+
+def test_fewer_flats_than_the_minimum_publish_nothing(
+        settings: FleetSettings, engine: sa.Engine, client: TestClient, token_for) -> None:  # noqa: ANN001
+    small, meters = building(engine, settings, "Suedhof", settings.energy_min_flats - 1)
+    store = ReadingStore(engine, settings)
+    for i, meter in enumerate(meters, 1):
+        store.store(meter_uplink(meter, 1, T0 + timedelta(minutes=3), 100.0 * i, 10.0 * i))
+    now = T0 + STEP + timedelta(seconds=settings.energy_delay_s)
+    result = aggregate_energy(engine, settings, now=now)
+    assert (result.published, result.suppressed) == (0, 2)
+    stored = aggregates(engine, small)
+    assert all(not a.published and a.total is None and a.mean is None for a in stored)
+    with Session(engine) as session:
+        assert read_counters(session)["energy_aggregates_suppressed"] == 2
+    r = client.get(f"/api/v1/sites/{small}/energy", headers=token_for(Role.platform))
+    assert r.status_code == 200 and r.json() == []
+
+
+def test_the_energy_endpoint_serves_published_aggregates_only(
+        settings: FleetSettings, engine: sa.Engine, client: TestClient, token_for) -> None:  # noqa: ANN001
+    site, meters = building(engine, settings, "Westhof", settings.energy_min_flats)
+    store = ReadingStore(engine, settings)
+    for i, meter in enumerate(meters, 1):
+        store.store(meter_uplink(meter, 1, T0 + timedelta(minutes=1), 100.0 * i, 10.0 * i))
+    aggregate_energy(engine, settings, now=T0 + STEP + timedelta(seconds=settings.energy_delay_s))
+    for role in (Role.admin, Role.operator, Role.technician, Role.platform):
+        r = client.get(f"/api/v1/sites/{site}/energy", params={"quantity": "active_power"},
+                       headers=token_for(role))
+        assert r.status_code == 200, r.text
+        [power] = r.json()
+        assert power["total"] == sum(100.0 * i for i in range(1, len(meters) + 1))
+        assert power["flats"] == len(meters) and power["unit"] == "W"
+        assert power["start"].startswith("2026-11-21T12:00:00")
+        assert power["end"].startswith("2026-11-21T12:15:00")
+        assert not any(m in r.text for m in meters) and "Westhof-" not in r.text
+    assert client.get(f"/api/v1/sites/{site}/energy",
+                      headers=token_for(Role.gateway)).status_code == 403
+    assert client.get("/api/v1/sites/999999/energy",
+                      headers=token_for(Role.operator)).status_code == 404
