@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Request
@@ -14,9 +15,9 @@ from sqlmodel import Session
 from . import monitoring, provisioning
 from .api.routes import admin, devices, events, gateways, readings, sites
 from .db import make_engine, migrate
-from .forward.ngsi_ld import NgsiLdForwarder
+from .forward.ngsi_ld import NgsiLdEnergyForwarder, NgsiLdForwarder
 from .forward.outbox import OutboxForwarder
-from .forward.sensorthings import SensorThingsForwarder
+from .forward.sensorthings import SensorThingsEnergyForwarder, SensorThingsForwarder
 from .ingest import IngestWorker
 from .provisioning import ProvisioningError
 from .security import KeyDecryptionError, KeyVault
@@ -85,11 +86,12 @@ def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | Non
 
 def forwarders(engine: sa.Engine, settings: FleetSettings) -> list[OutboxForwarder]:
     """One forwarder per platform target whose URL the settings carry."""
-    found: list[OutboxForwarder] = []
+    found: list[OutboxForwarder[Any]] = []
     if settings.sensorthings_url:
-        found.append(SensorThingsForwarder(engine, settings))
+        found += [SensorThingsForwarder(engine, settings),
+                  SensorThingsEnergyForwarder(engine, settings)]
     if settings.ngsi_ld_url:
-        found.append(NgsiLdForwarder(engine, settings))
+        found += [NgsiLdForwarder(engine, settings), NgsiLdEnergyForwarder(engine, settings)]
     return found
 
 

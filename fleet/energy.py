@@ -9,8 +9,9 @@ subtracted to reveal the missing flat). The building's `total` is the sum over t
 `mean` is total / flats. An aggregate is published only when at least `energy_min_flats`
 distinct flats contributed; otherwise it is suppressed: stored with its flat count only (so
 it is not computed again), never served or forwarded, and counted
-(`energy_aggregates_suppressed`). Intervals are computed `energy_delay_s` after they end;
-readings arriving later than that are not counted.
+(`energy_aggregates_suppressed`). Published aggregates enter the platform outbox
+(`sensorthings-energy`, `ngsi-ld-energy`) in the same transaction. Intervals are computed
+`energy_delay_s` after they end; readings arriving later than that are not counted.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
+from .forward.smart_data_models import ENERGY
+from .forward.targets import NGSI_LD_ENERGY, energy_targets
 from .ingest import bump_counters
-from .models import Device, EnergyAggregate, Reading, utcnow
+from .models import Device, EnergyAggregate, OutboxItem, Reading, utcnow
 from .settings import FleetSettings
 
 log = logging.getLogger(__name__)
@@ -69,10 +72,21 @@ def aggregate_energy(engine: sa.Engine, settings: FleetSettings, *,
                 else:
                     result.suppressed += 1
             session.add_all(rows)
+            session.flush()  # ids for the outbox
+            _enqueue(session, settings, [row for row in rows if row.published])
         bump_counters(session, {"energy_aggregates_published": result.published,
                                 "energy_aggregates_suppressed": result.suppressed})
         session.commit()
     return result
+
+
+def _enqueue(session: Session, settings: FleetSettings,
+             published: list[EnergyAggregate]) -> None:
+    """Forward what was published, through the durable outbox, in the same transaction."""
+    items = [OutboxItem(target=target, reading_id=int(a.id or 0))
+             for a in published for target in energy_targets(settings)
+             if target != NGSI_LD_ENERGY or a.quantity in ENERGY]
+    session.add_all(items)
 
 
 def _aggregates(session: Session, settings: FleetSettings, site_id: int,

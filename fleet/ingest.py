@@ -28,6 +28,7 @@ from sqlmodel import Session, col, select
 
 from .db import make_engine
 from .forward.smart_data_models import model_of
+from .forward.targets import NGSI_LD, reading_targets
 from .models import (
     Counter,
     Device,
@@ -259,7 +260,7 @@ def _close_events(session: Session, *, kinds: Iterable[str], device: str | None 
 
 def _forwarded_to(target: str, reading: ReadingIn) -> bool:
     """SensorThings takes every quantity; NGSI-LD those a Smart Data Model carries."""
-    return target != "ngsi-ld" or model_of(reading.kind, reading.quantity) is not None
+    return target != NGSI_LD or model_of(reading.kind, reading.quantity) is not None
 
 
 class ReadingStore:
@@ -269,9 +270,7 @@ class ReadingStore:
         self.engine = engine
         self.settings = settings
         self.shard = shard
-        # Platform targets (outbox names) whose URL is set.
-        self.targets = [target for target, url in (("sensorthings", settings.sensorthings_url),
-                                                   ("ngsi-ld", settings.ngsi_ld_url)) if url]
+        self.targets = reading_targets(settings)
 
     def store(self, readings: Sequence[ReadingIn], *, invalid: int = 0) -> BatchResult:
         result = BatchResult(invalid=invalid)

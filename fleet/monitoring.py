@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from .energy import aggregate_energy
+from .forward.targets import READING_TARGETS
 from .models import Device, DeviceState, Event, OutboxItem, Reading, utcnow
 from .settings import FleetSettings
 
@@ -54,7 +55,8 @@ def purge_personal_readings(engine: sa.Engine, settings: FleetSettings, *,
     with Session(engine) as session:
         # Their outbox rows first (none are written for flats, but older data may hold some).
         old = select(Reading.id).where(col(Reading.device).in_(flats), col(Reading.time) < cutoff)
-        session.execute(sa.delete(OutboxItem).where(col(OutboxItem.reading_id).in_(old)))
+        session.execute(sa.delete(OutboxItem).where(col(OutboxItem.target).in_(READING_TARGETS),
+                                                    col(OutboxItem.reading_id).in_(old)))
         result = session.execute(sa.delete(Reading).where(col(Reading.device).in_(flats),
                                                           col(Reading.time) < cutoff))
         session.commit()

@@ -1,5 +1,6 @@
 """The platform outbox, drained by one forwarder per target: claim, retry with backoff,
-dead-letter, count. Each target (SensorThings, NGSI-LD) only says how to deliver a batch.
+dead-letter, count. Each target (SensorThings, NGSI-LD; readings or building energy
+aggregates) only says how to deliver a batch.
 
 Readings enter the outbox in the same transaction that stores them; a forwarder drains its
 target's items in the background, so a dead platform never blocks ingest. An item is either
@@ -13,13 +14,14 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Generic, TypeVar
 
 import httpx
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
 from ..ingest import bump_counters
-from ..models import OutboxItem, Reading, utcnow
+from ..models import EnergyAggregate, OutboxItem, Reading, utcnow
 from ..settings import FleetSettings
 
 log = logging.getLogger(__name__)
@@ -44,12 +46,16 @@ class ForwardResult:
         return self.delivered + self.dead + self.retrying
 
 
+# What an outbox item names (its `reading_id`): a reading, or a building's energy aggregate.
+RecordT = TypeVar("RecordT", Reading, EnergyAggregate)
+
+
 @dataclass
-class Pending:
-    """One outbox item with its reading, as a target's `deliver` sees it."""
+class Pending(Generic[RecordT]):
+    """One outbox item with its record, as a target's `deliver` sees it."""
 
     item: OutboxItem
-    reading: Reading
+    record: RecordT
 
 
 def is_transient(status_code: int) -> bool:
@@ -57,11 +63,12 @@ def is_transient(status_code: int) -> bool:
     return status_code >= 500 or status_code == 429
 
 
-class OutboxForwarder:
-    """Drains the outbox of `target`; subclasses implement `deliver`. `forward_once()` is one
-    pass, `run()` loops until cancelled."""
+class OutboxForwarder(Generic[RecordT]):
+    """Drains the outbox of `target`, whose items name rows of `source`; subclasses implement
+    `deliver`. `forward_once()` is one pass, `run()` loops until cancelled."""
 
     target: str = ""
+    source: type[Any] = Reading
 
     def __init__(self, engine: sa.Engine, settings: FleetSettings, *,
                  http: httpx.Client | None = None) -> None:
@@ -85,15 +92,15 @@ class OutboxForwarder:
         result = ForwardResult()
         with Session(self.engine) as session:
             pairs = session.exec(
-                select(OutboxItem, Reading)
-                .join(Reading, col(Reading.id) == col(OutboxItem.reading_id))
+                select(OutboxItem, self.source)
+                .join(self.source, col(self.source.id) == col(OutboxItem.reading_id))
                 .where(OutboxItem.target == self.target, OutboxItem.status == "pending",
                        col(OutboxItem.next_attempt) <= utcnow())
                 .order_by(col(OutboxItem.id)).limit(limit)
             ).all()
             if not pairs:
                 return result
-            rows = [Pending(item, reading) for item, reading in pairs]
+            rows: list[Pending[RecordT]] = [Pending(item, record) for item, record in pairs]
             self.deliver(session, rows, result)
             for row in rows:
                 if row.item.status == "delivered":
@@ -105,18 +112,19 @@ class OutboxForwarder:
             session.commit()
         return result
 
-    def deliver(self, session: Session, rows: list[Pending], result: ForwardResult) -> None:
+    def deliver(self, session: Session, rows: list[Pending[RecordT]],
+                result: ForwardResult) -> None:
         """Send `rows` and mark each one with `delivered`, `retry` or `dead`."""
         raise NotImplementedError
 
     # --- what becomes of an item -----------------------------------------------------------
 
-    def delivered(self, rows: list[Pending], result: ForwardResult) -> None:
+    def delivered(self, rows: list[Pending[RecordT]], result: ForwardResult) -> None:
         for row in rows:
             row.item.status = "delivered"
         result.delivered += len(rows)
 
-    def retry(self, rows: list[Pending], reason: str, result: ForwardResult) -> None:
+    def retry(self, rows: list[Pending[RecordT]], reason: str, result: ForwardResult) -> None:
         """Try again later, with exponential backoff; dead after too many attempts."""
         for row in rows:
             item = row.item
@@ -129,7 +137,7 @@ class OutboxForwarder:
                 item.next_attempt = utcnow() + timedelta(seconds=min(2 ** item.attempts, 3600))
                 result.retrying += 1
 
-    def dead(self, rows: list[Pending], reason: str, result: ForwardResult) -> None:
+    def dead(self, rows: list[Pending[RecordT]], reason: str, result: ForwardResult) -> None:
         """Refused for good: never retried, kept with the reason for a person to look at."""
         for row in rows:
             row.item.attempts += 1

@@ -6,19 +6,23 @@ remembered (`platform_link`); Observations go in batches through the dataArray e
 "error" entries, so each row's entry is checked: a failed batch is split until the poisoned
 row is alone, and that row is dead-lettered with its reason instead of retried forever.
 Claiming, retry and dead-lettering are the outbox's (`outbox.py`).
+
+The buildings' energy aggregates (energy.py) go the same way: a Thing per building (site),
+a Datastream per quantity, an Observation per interval whose result is the building's total.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from ..models import Device, PlatformLink, Reading, Site
+from ..models import Device, EnergyAggregate, PlatformLink, Reading, Site
 from ..settings import FleetSettings
 from .outbox import (
     ForwardResult,
@@ -26,29 +30,30 @@ from .outbox import (
     Pending,
     PlatformRejected,
     PlatformUnavailable,
+    RecordT,
     is_transient,
 )
 from .places import position
+from .targets import SENSORTHINGS, SENSORTHINGS_ENERGY
 from .units import quantity_info, unit_of_measurement
 
-TARGET = "sensorthings"
+# The server: the namespace of what was created there (platform_link), whichever outbox.
+TARGET = SENSORTHINGS
 _ID_IN_LOCATION = re.compile(r"\('?([^')]+)'?\)\s*$")
 
 
 @dataclass
 class _Row:
-    pending: Pending
+    """One Observation to send: the outbox item it comes from, its Datastream, time, result."""
+
+    pending: Pending[Any]
     datastream: str
-
-    @property
-    def reading(self) -> Reading:
-        return self.pending.reading
+    time: datetime
+    result: float
 
 
-class SensorThingsForwarder(OutboxForwarder):
-    """Drains the `sensorthings` outbox."""
-
-    target = TARGET
+class _SensorThings(OutboxForwarder[RecordT]):
+    """What both SensorThings outboxes share: entities created once, batched Observations."""
 
     def __init__(self, engine: sa.Engine, settings: FleetSettings, *,
                  http: httpx.Client | None = None) -> None:
@@ -58,17 +63,22 @@ class SensorThingsForwarder(OutboxForwarder):
         self.base = settings.sensorthings_url.rstrip("/")
         self.batch = max(1, min(settings.sensorthings_batch_size, 10_000))
 
-    def deliver(self, session: Session, rows: list[Pending], result: ForwardResult) -> None:
+    def deliver(self, session: Session, rows: list[Pending[RecordT]],
+                result: ForwardResult) -> None:
         ready: list[_Row] = []
         for row in rows:
             try:
-                ready.append(_Row(row, self._datastream(session, row.reading)))
+                ready.append(self._observation(session, row))
             except PlatformUnavailable as exc:
                 self.retry([row], str(exc), result)
             except PlatformRejected as exc:
                 self.dead([row], str(exc), result)
         for start in range(0, len(ready), self.batch):
             self._send(ready[start:start + self.batch], result)
+
+    def _observation(self, session: Session, row: Pending[RecordT]) -> _Row:
+        """The Observation of one outbox item, its Datastream created first if need be."""
+        raise NotImplementedError
 
     # --- observations ----------------------------------------------------------------------
 
@@ -79,8 +89,7 @@ class SensorThingsForwarder(OutboxForwarder):
         ordered = [row for stream_rows in by_stream.values() for row in stream_rows]
         body = [{"Datastream": {"@iot.id": stream},
                  "components": ["phenomenonTime", "resultTime", "result"],
-                 "dataArray": [[_iso(r.reading), _iso(r.reading), r.reading.value]
-                               for r in stream_rows]}
+                 "dataArray": [[_iso(r.time), _iso(r.time), r.result] for r in stream_rows]}
                 for stream, stream_rows in by_stream.items()]
         try:
             response = self.http.post(f"{self.base}/CreateObservations", json=body)
@@ -112,6 +121,50 @@ class SensorThingsForwarder(OutboxForwarder):
         self._send(failed[:half], result)
         self._send(failed[half:], result)
 
+    def _datastream_of(self, session: Session, key: str, quantity: str, unit: str, *,
+                       thing: str, sensor: str, name: str, description: str) -> str:
+        """The Datastream `key` of `quantity` (and its ObservedProperty), created once."""
+        info = quantity_info(quantity)
+        observed = self._once(session, f"observed_property:{quantity}", "ObservedProperties", {
+            "name": quantity, "definition": info.definition, "description": info.label})
+        return self._once(session, key, "Datastreams", {
+            "name": name, "description": description,
+            "observationType": info.observation_type,
+            "unitOfMeasurement": unit_of_measurement(unit),
+            "Thing": {"@iot.id": thing}, "Sensor": {"@iot.id": sensor},
+            "ObservedProperty": {"@iot.id": observed}})
+
+    def _once(self, session: Session, key: str, entity_set: str, body: dict[str, Any]) -> str:
+        known = session.get(PlatformLink, (TARGET, key))
+        if known is not None:
+            return known.remote_id
+        try:
+            response = self.http.post(f"{self.base}/{entity_set}", json=body)
+        except httpx.HTTPError as exc:
+            raise PlatformUnavailable(f"SensorThings unreachable: {exc}") from exc
+        if response.status_code >= 500:
+            raise PlatformUnavailable(f"creating {entity_set} answered {response.status_code}")
+        match = _ID_IN_LOCATION.search(response.headers.get("location", ""))
+        if response.status_code >= 400 or match is None:
+            raise PlatformRejected(f"creating {entity_set} failed ({response.status_code}): "
+                                   f"{response.text[:300]}")
+        session.add(PlatformLink(target=TARGET, local_key=key, remote_id=match.group(1)))
+        # Committed at once: the entity exists on the platform whatever happens next.
+        session.commit()
+        return match.group(1)
+
+
+
+class SensorThingsForwarder(_SensorThings[Reading]):
+    """Drains the `sensorthings` outbox: the readings of public devices."""
+
+    target = SENSORTHINGS
+    source = Reading
+
+    def _observation(self, session: Session, row: Pending[Reading]) -> _Row:
+        reading = row.record
+        return _Row(row, self._datastream(session, reading), reading.time, reading.value)
+
     # --- entities created once -------------------------------------------------------------
 
     def _datastream(self, session: Session, reading: Reading) -> str:
@@ -125,17 +178,10 @@ class SensorThingsForwarder(OutboxForwarder):
             "name": f"{reading.kind} {reading.quantity} sensor",
             "description": f"{reading.quantity} sensor of allmende {reading.kind} nodes",
             "encodingType": "text/html", "metadata": "https://allmende.example/sensors"})
-        observed = self._once(session, f"observed_property:{reading.quantity}",
-                              "ObservedProperties", {
-                                  "name": reading.quantity, "definition": info.definition,
-                                  "description": info.label})
-        return self._once(session, key, "Datastreams", {
-            "name": f"{reading.device} {reading.quantity}",
-            "description": f"{info.label} measured by device {reading.device}",
-            "observationType": info.observation_type,
-            "unitOfMeasurement": unit_of_measurement(reading.unit),
-            "Thing": {"@iot.id": thing}, "Sensor": {"@iot.id": sensor},
-            "ObservedProperty": {"@iot.id": observed}})
+        return self._datastream_of(
+            session, key, reading.quantity, reading.unit, thing=thing, sensor=sensor,
+            name=f"{reading.device} {reading.quantity}",
+            description=f"{info.label} measured by device {reading.device}")
 
     def _thing(self, session: Session, dev_eui: str) -> str:
         key = f"thing:{dev_eui}"
@@ -159,28 +205,53 @@ class SensorThingsForwarder(OutboxForwarder):
                            "encodingType": "application/geo+json",
                            "location": {"type": "Point", "coordinates": [lon, lat]}}]})
 
-    def _once(self, session: Session, key: str, entity_set: str, body: dict[str, Any]) -> str:
+
+
+class SensorThingsEnergyForwarder(_SensorThings[EnergyAggregate]):
+    """Drains the `sensorthings-energy` outbox: the buildings' published energy aggregates.
+    Nothing of a flat is in them: a building Thing, a total and the number of flats."""
+
+    target = SENSORTHINGS_ENERGY
+    source = EnergyAggregate
+
+    def _observation(self, session: Session, row: Pending[EnergyAggregate]) -> _Row:
+        a = row.record
+        if not a.published or a.total is None:
+            raise PlatformRejected("a suppressed aggregate is never published")
+        return _Row(row, self._building_datastream(session, a),
+                    a.start + timedelta(seconds=a.interval_s), a.total)
+
+    def _building_datastream(self, session: Session, aggregate: EnergyAggregate) -> str:
+        key = f"datastream:site-{aggregate.site_id}:{aggregate.quantity}"
         known = session.get(PlatformLink, (TARGET, key))
         if known is not None:
             return known.remote_id
-        try:
-            response = self.http.post(f"{self.base}/{entity_set}", json=body)
-        except httpx.HTTPError as exc:
-            raise PlatformUnavailable(f"SensorThings unreachable: {exc}") from exc
-        if response.status_code >= 500:
-            raise PlatformUnavailable(f"creating {entity_set} answered {response.status_code}")
-        match = _ID_IN_LOCATION.search(response.headers.get("location", ""))
-        if response.status_code >= 400 or match is None:
-            raise PlatformRejected(f"creating {entity_set} failed ({response.status_code}): "
-                                   f"{response.text[:300]}")
-        session.add(PlatformLink(target=TARGET, local_key=key, remote_id=match.group(1)))
-        # Committed at once: the entity exists on the platform whatever happens next.
-        session.commit()
-        return match.group(1)
+        info = quantity_info(aggregate.quantity)
+        site = session.get(Site, aggregate.site_id)
+        if site is None or site.latitude is None or site.longitude is None:
+            raise PlatformUnavailable(f"site {aggregate.site_id} has no location (set it)")
+        thing = self._once(session, f"thing:site-{site.id}", "Things", {
+            "name": f"building {site.name}",
+            "description": "a building's flats, as energy totals over at least "
+                           f"{self.settings.energy_min_flats} flats",
+            "properties": {"site_id": site.id, "kind": "building"},
+            "Locations": [{"name": site.name, "description": site.address or "the building",
+                           "encodingType": "application/geo+json",
+                           "location": {"type": "Point",
+                                        "coordinates": [site.longitude, site.latitude]}}]})
+        sensor = self._once(session, f"sensor:building_energy:{aggregate.quantity}", "Sensors", {
+            "name": f"building {aggregate.quantity} total",
+            "description": f"sum of the flats' {aggregate.quantity} per "
+                           f"{aggregate.interval_s // 60} min (each flat's latest value)",
+            "encodingType": "text/html", "metadata": "https://allmende.example/energy"})
+        return self._datastream_of(
+            session, key, aggregate.quantity, aggregate.unit, thing=thing, sensor=sensor,
+            name=f"building {site.name} {aggregate.quantity}",
+            description=f"{info.label}: total of the building's flats")
 
 
-def _iso(reading: Reading) -> str:
-    return reading.time.isoformat().replace("+00:00", "Z")
+def _iso(time: datetime) -> str:
+    return time.isoformat().replace("+00:00", "Z")
 
 
 def _entries(response: httpx.Response) -> list[Any]:

@@ -1,6 +1,7 @@
 """NGSI-LD entities (FIWARE Smart Data Models) from normalized readings.
 
-One entity per device and observation time, its properties the values of one uplink, for an
+One entity per device and observation time, its properties the values of one uplink, and one
+ThreePhaseAcMeasurement per building and interval from the flats' energy aggregates, for an
 upsert (`ngsi_ld.py` sends them). Units are UN/CEFACT common codes, as the models ask
 (`unitCode`); times are ISO 8601 UTC (`observedAt`); a location is a GeoProperty.
 """
@@ -14,6 +15,7 @@ from typing import Any
 
 CONTEXT = [
     "https://raw.githubusercontent.com/smart-data-models/dataModel.Environment/master/context.jsonld",
+    "https://raw.githubusercontent.com/smart-data-models/dataModel.Energy/master/context.jsonld",
     "https://raw.githubusercontent.com/smart-data-models/dataModel.Parking/master/context.jsonld",
     "https://uri.etsi.org/ngsi-ld/v1/ngsi-ld-core-context.jsonld",
 ]
@@ -29,6 +31,13 @@ AIR_QUALITY: dict[str, tuple[str, str, float]] = {
     "battery_voltage": ("batteryVoltage", "VLT", 1.0),
 }
 
+
+# A building's energy aggregate -> ThreePhaseAcMeasurement attribute, in the model's default
+# units (kW, kWh) as UN/CEFACT codes.
+ENERGY: dict[str, tuple[str, str, float]] = {
+    "active_power": ("totalActivePower", "KWT", 0.001),  # W -> kilowatt
+    "energy_import": ("totalActiveEnergyImport", "KWH", 0.001),  # Wh -> kilowatt hour
+}
 
 AIR_QUALITY_OBSERVED = "AirQualityObserved"
 PARKING_SPOT = "ParkingSpot"
@@ -103,6 +112,29 @@ def parking_spot(device: str, occupied: bool, time: datetime, *,
                    "observedAt": _iso(time)},
         "refDevice": {"type": "Relationship", "object": f"urn:ngsi-ld:Device:{device}"},
     }
+    location = _location(latitude, longitude)
+    if location:
+        entity["location"] = location
+    return entity
+
+
+def three_phase_ac_measurement(site_id: int, name: str, totals: dict[str, float],
+                               observed_at: datetime, *, latitude: float | None = None,
+                               longitude: float | None = None) -> dict[str, Any]:
+    """A ThreePhaseAcMeasurement of a building: its flats' totals ({quantity: value}) as of
+    `observed_at`. Quantities the model has no attribute for are left out."""
+    entity: dict[str, Any] = {
+        "id": f"urn:ngsi-ld:ThreePhaseAcMeasurement:allmende-site-{site_id}",
+        "type": "ThreePhaseAcMeasurement",
+        "name": {"type": "Property", "value": name},
+        "dateObserved": {"type": "Property", "value": {"@type": "DateTime",
+                                                       "@value": _iso(observed_at)}},
+    }
+    for quantity, total in totals.items():
+        if quantity in ENERGY:
+            attribute, unit_code, factor = ENERGY[quantity]
+            entity[attribute] = {"type": "Property", "value": round(total * factor, 9),
+                                 "unitCode": unit_code, "observedAt": _iso(observed_at)}
     location = _location(latitude, longitude)
     if location:
         entity["location"] = location

@@ -1,19 +1,25 @@
 """Building-level energy aggregates of the flats' readings: right sums, suppression below the
-minimum number of flats, who may read them."""
+minimum number of flats, who may read them, forwarding to SensorThings and NGSI-LD."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import sqlalchemy as sa
 from allmende.fleet.energy import aggregate_energy
+from allmende.fleet.forward.ngsi_ld import NgsiLdEnergyForwarder
+from allmende.fleet.forward.sensorthings import SensorThingsEnergyForwarder
 from allmende.fleet.ingest import ReadingStore, read_counters
-from allmende.fleet.models import EnergyAggregate, Role, Site
+from allmende.fleet.models import EnergyAggregate, OutboxItem, PlatformLink, Role, Site
 from allmende.fleet.settings import FleetSettings
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from tests.fixtures.fleet_records import provision_device, uplink
+from tests.fixtures.ngsi_ld_broker import NgsiLdBroker, fetch_entity, ngsi_ld_settings
+from tests.fixtures.services import SensorThings
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)  # an interval start (15 min grid)
 STEP = timedelta(minutes=15)
@@ -114,3 +120,56 @@ def test_the_energy_endpoint_serves_published_aggregates_only(
                       headers=token_for(Role.gateway)).status_code == 403
     assert client.get("/api/v1/sites/999999/energy",
                       headers=token_for(Role.operator)).status_code == 404
+
+
+def test_published_aggregates_reach_sensorthings_and_ngsi_ld_and_nothing_of_a_flat(
+        sta: SensorThings, ngsi_broker: NgsiLdBroker, settings: FleetSettings,
+        engine: sa.Engine) -> None:
+    settings = settings.model_copy(update={"sensorthings_url": sta.url,
+                                           **ngsi_ld_settings(ngsi_broker.url)})
+    big, big_meters = building(engine, settings, "Osthof", settings.energy_min_flats)
+    small, small_meters = building(engine, settings, "Kleinhof", settings.energy_min_flats - 1)
+    store = ReadingStore(engine, settings)
+    for i, meter in enumerate(big_meters + small_meters, 1):
+        stored = store.store(meter_uplink(meter, 1, T0 + timedelta(minutes=4), 100.0 * i,
+                                          2000.0 * i))
+        # A flat's readings are not re-published on the readings topic either.
+        assert stored.stored == 2 and stored.new_readings == []
+    result = aggregate_energy(engine, settings,
+                              now=T0 + STEP + timedelta(seconds=settings.energy_delay_s))
+    assert (result.published, result.suppressed) == (2, 2)
+    with Session(engine) as session:
+        queued = session.exec(select(OutboxItem)).all()
+    assert sorted(i.target for i in queued) == ["ngsi-ld-energy"] * 2 + ["sensorthings-energy"] * 2
+
+    assert SensorThingsEnergyForwarder(engine, settings).forward_once().delivered == 2
+    assert NgsiLdEnergyForwarder(engine, settings).forward_once().delivered == 2
+    power = sum(100.0 * i for i in range(1, len(big_meters) + 1))
+    energy = sum(2000.0 * i for i in range(1, len(big_meters) + 1))
+    end = T0 + STEP
+
+    with Session(engine) as session:
+        link = session.get(PlatformLink, ("sensorthings", f"datastream:site-{big}:active_power"))
+    assert link is not None
+    observed = httpx.get(f"{sta.url}/Datastreams('{link.remote_id}')/Observations").json()
+    assert [(o["result"], datetime.fromisoformat(o["phenomenonTime"])) for o in
+            observed["value"]] == [(power, end)]
+    datastream = httpx.get(f"{sta.url}/Datastreams('{link.remote_id}')").json()
+    assert datastream["unitOfMeasurement"]["symbol"] == "W"
+
+    got = fetch_entity(ngsi_broker, f"urn:ngsi-ld:ThreePhaseAcMeasurement:allmende-site-{big}")
+    assert got["type"] == "ThreePhaseAcMeasurement"
+    iso_end = end.isoformat().replace("+00:00", "Z")
+    assert got["totalActivePower"] == {"type": "Property", "value": power / 1000,
+                                       "unitCode": "KWT", "observedAt": iso_end}
+    assert got["totalActiveEnergyImport"] == {"type": "Property", "value": energy / 1000,
+                                              "unitCode": "KWH", "observedAt": iso_end}
+    assert f"allmende-site-{small}" not in json.dumps(ngsi_broker.tenants)
+
+    # Nothing that names a flat or its meter reached either platform.
+    everything = json.dumps([r.body for r in ngsi_broker.requests]) + "".join(
+        httpx.get(f"{sta.url}/{entity_set}", params={"$top": 1000}).text
+        for entity_set in ("Things", "Datastreams", "Sensors", "Observations", "Locations"))
+    for meter in big_meters + small_meters:
+        assert meter not in everything
+    assert "Osthof-" not in everything and "Kleinhof" not in everything

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
 import paho.mqtt.client as mqtt
-import pytest
 import sqlalchemy as sa
 from allmende.fleet.app import create_app
 from allmende.fleet.forward.sensorthings import TARGET, SensorThingsForwarder
@@ -21,15 +19,9 @@ from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
 from tests.fixtures.fleet_records import provision_device
-from tests.fixtures.services import Broker, SensorThings, free_port, run_sensorthings
+from tests.fixtures.services import Broker, SensorThings, free_port
 
 T0 = datetime(2026, 11, 21, 23, 40, 0, 123000, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def sta(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SensorThings]:
-    with run_sensorthings(tmp_path_factory.mktemp("sensorthings")) as server:
-        yield server
 
 
 
