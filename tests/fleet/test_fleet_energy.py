@@ -4,22 +4,27 @@ minimum number of flats, who may read them, forwarding to SensorThings and NGSI-
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import paho.mqtt.client as mqtt
 import sqlalchemy as sa
+from allmende.firmware.app import payload
+from allmende.fleet.app import create_app
 from allmende.fleet.energy import aggregate_energy
 from allmende.fleet.forward.ngsi_ld import NgsiLdEnergyForwarder
 from allmende.fleet.forward.sensorthings import SensorThingsEnergyForwarder
-from allmende.fleet.ingest import ReadingStore, read_counters
+from allmende.fleet.ingest import ReadingIn, ReadingStore, read_counters
 from allmende.fleet.models import EnergyAggregate, OutboxItem, PlatformLink, Role, Site
 from allmende.fleet.settings import FleetSettings
+from allmende.gateway.readings import expand, record
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from tests.fixtures.fleet_records import provision_device, uplink
+from tests.fixtures.fleet_records import provision_device, publish_up, uplink
 from tests.fixtures.ngsi_ld_broker import NgsiLdBroker, fetch_entity, ngsi_ld_settings
-from tests.fixtures.services import SensorThings
+from tests.fixtures.services import Broker, SensorThings
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)  # an interval start (15 min grid)
 STEP = timedelta(minutes=15)
@@ -173,3 +178,53 @@ def test_published_aggregates_reach_sensorthings_and_ngsi_ld_and_nothing_of_a_fl
     for meter in big_meters + small_meters:
         assert meter not in everything
     assert "Osthof-" not in everything and "Kleinhof" not in everything
+
+
+def test_meters_heard_over_mqtt_become_a_building_total_and_stay_off_the_readings_topic(
+        broker: Broker, settings: FleetSettings, engine: sa.Engine, token_for) -> None:  # noqa: ANN001
+    """The whole path: the codec's energy format, normalized as the gateway does it, published
+    as the gateway's `up` message, ingested by the served app, aggregated, served."""
+    settings = settings.model_copy(update={"mqtt_port": broker.port})
+    site, meters = building(engine, settings, "Mqtthof", settings.energy_min_flats)
+    street = "00000000000000A1"
+    provision_device(engine, settings, street, latitude=49.87, longitude=8.65)
+    time_iso = (T0 + timedelta(minutes=4)).isoformat().replace("+00:00", "Z")
+
+    def gateway_readings(dev: str, fport: int, values: dict) -> list[ReadingIn]:
+        text, _count = record(dev_eui=dev, session="01ab-0001", fcnt=1, fport=fport,
+                              data=payload.encode(fport, values), time_iso=time_iso,
+                              rssi=-70.0, snr=7.0, fw="0.1.0")
+        return [ReadingIn.model_validate_json(r) for r in expand(text, json.dumps("gw-a"))]
+
+    sent = [r for i, meter in enumerate(meters, 1) for r in gateway_readings(
+        meter, payload.FPORT_ENERGY, {"energy_import": 1000 * i, "power": 100 * i})]
+    sent += gateway_readings(street, payload.FPORT_AIR_QUALITY, {"pm25": 9.5})
+
+    topic: list[dict] = []
+    watcher = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    watcher.on_message = lambda _c, _u, m: topic.extend(json.loads(m.payload)["readings"])
+    watcher.connect("127.0.0.1", broker.port)
+    watcher.subscribe(settings.readings_topic, qos=1)
+    watcher.loop_start()
+    app = create_app(settings, engine=engine, ingest_workers=1)
+    try:
+        with TestClient(app) as client:
+            deadline = time.monotonic() + 30
+            while not all(w.ready.is_set() for w in app.state.ingest_workers):
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            publish_up(broker.port, "gw-a", sent, sent=T0)
+            while not topic:  # the one message of the batch's public readings
+                assert time.monotonic() < deadline, "nothing on the readings topic"
+                time.sleep(0.05)
+            aggregate_energy(engine, settings,
+                             now=T0 + STEP + timedelta(seconds=settings.energy_delay_s))
+            r = client.get(f"/api/v1/sites/{site}/energy", headers=token_for(Role.platform))
+    finally:
+        watcher.loop_stop()
+        watcher.disconnect()
+    assert [(x["device"], x["quantity"]) for x in topic] == [(street, "PM2.5")]
+    assert {(a["quantity"], a["unit"], a["flats"], a["total"]) for a in r.json()} == {
+        ("active_power", "W", len(meters), sum(100.0 * i for i in range(1, len(meters) + 1))),
+        ("energy_import", "W.h", len(meters),
+         sum(1000.0 * i for i in range(1, len(meters) + 1)))}

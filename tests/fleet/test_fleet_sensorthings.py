@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import paho.mqtt.client as mqtt
 import sqlalchemy as sa
 from allmende.fleet.app import create_app
 from allmende.fleet.forward.sensorthings import TARGET, SensorThingsForwarder
@@ -18,7 +16,7 @@ from allmende.fleet.settings import FleetSettings
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from tests.fixtures.fleet_records import provision_device
+from tests.fixtures.fleet_records import provision_device, publish_up
 from tests.fixtures.services import Broker, SensorThings, free_port
 
 T0 = datetime(2026, 11, 21, 23, 40, 0, 123000, tzinfo=UTC)
@@ -142,14 +140,7 @@ def test_served_app_ingests_and_forwards(sta: SensorThings, broker: Broker,
         while not all(w.ready.is_set() for w in app.state.ingest_workers):
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        gw = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        gw.connect("127.0.0.1", broker.port)
-        gw.loop_start()
-        body = {"gateway": "gw-a", "sent": T0.isoformat(),
-                "readings": [r.model_dump(mode="json") for r in sent]}
-        gw.publish("allmende/gw/gw-a/up", json.dumps(body), qos=1).wait_for_publish(10)
-        gw.loop_stop()
-        gw.disconnect()
+        publish_up(broker.port, "gw-a", sent, sent=T0)
         while True:
             with Session(engine) as session:
                 linked = session.get(PlatformLink, (TARGET, f"datastream:{dev}:PM2.5"))
