@@ -64,7 +64,7 @@ class FleetSettings(BaseSettings):
     # Sent as the NGSILD-Tenant header when set (a multi-tenant broker).
     ngsi_ld_tenant: str | None = None
     # Sent as `Authorization: Bearer ...` when set; never logged.
-    ngsi_ld_token: str | None = None
+    ngsi_ld_token: SecretStr | None = None
     # The @context of every entity (JSON list of URLs); unset: the Smart Data Models' and the
     # core context (forward/smart_data_models.py).
     ngsi_ld_context: list[str] | None = None

@@ -69,7 +69,8 @@ class _NgsiLd(OutboxForwarder[RecordT]):
         if settings.ngsi_ld_tenant:
             self.headers["NGSILD-Tenant"] = settings.ngsi_ld_tenant
         if settings.ngsi_ld_token:
-            self.headers["Authorization"] = f"Bearer {settings.ngsi_ld_token}"
+            self.headers["Authorization"] = (
+                f"Bearer {settings.ngsi_ld_token.get_secret_value()}")
         self.batch = max(1, min(settings.ngsi_ld_batch_size, 1000))
 
     def deliver(self, session: Session, rows: list[Pending[RecordT]],

@@ -70,3 +70,9 @@ def test_pseudonyms_are_keyed_stable_and_short() -> None:
     assert flat_pseudonym(other, FLAT) != name
     assert flat_pseudonym(key, "N-3-13") != name
     assert FLAT not in name
+
+
+def test_the_pseudonym_key_and_the_platform_token_stay_out_of_reprs() -> None:
+    settings = FleetSettings(pseudonym_key="pseudo-key-4711", ngsi_ld_token="token-4711")
+    shown = repr(settings) + str(settings) + str(settings.model_dump())
+    assert "4711" not in shown
