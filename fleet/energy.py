@@ -76,7 +76,13 @@ def aggregate_energy(engine: sa.Engine, settings: FleetSettings, *,
             _enqueue(session, settings, [row for row in rows if row.published])
         bump_counters(session, {"energy_aggregates_published": result.published,
                                 "energy_aggregates_suppressed": result.suppressed})
-        session.commit()
+        try:
+            session.commit()
+        except sa.exc.IntegrityError:
+            # Another fleet process computed the same intervals first: theirs stand.
+            session.rollback()
+            log.info("energy aggregates already computed by another process")
+            return AggregationResult()
     return result
 
 
