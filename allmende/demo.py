@@ -39,6 +39,7 @@ class DemoOptions:
     duration_s: float | None = None  # None: until Ctrl-C
     broker: str = "auto"  # auto, mosquitto, amqtt
     sensorthings_url: str | None = None
+    ngsi_ld_url: str | None = None
     api_port: int = 0  # 0: a free port
     quiet: bool = False
 
@@ -134,9 +135,11 @@ class Demo:
             ingest_group="fleet" if mosquitto else "",  # amqtt has no shared subscriptions
             uplink_interval_s=self.opts.interval_s,
             sensorthings_url=self.opts.sensorthings_url,
+            ngsi_ld_url=self.opts.ngsi_ld_url,
         )
         self.settings = settings
-        self.app = create_app(settings, ingest_workers=1, forward=bool(self.opts.sensorthings_url))
+        self.app = create_app(settings, ingest_workers=1,
+                              forward=bool(self.opts.sensorthings_url or self.opts.ngsi_ld_url))
         port = self.opts.api_port or free_port()
         server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=port,
                                                log_level="warning", lifespan="on"))
@@ -304,8 +307,12 @@ class Demo:
     async def summary(self) -> Summary:
         devices = await self._api("GET", "/devices")
         counters = await self._api("GET", "/counters")
-        if self.opts.sensorthings_url:
-            target, forwarded = "SensorThings", counters.get("forwarded_sensorthings", 0)
+        platforms = [(name, counters.get(f"forwarded_{target}", 0)) for name, target, url in (
+            ("SensorThings", "sensorthings", self.opts.sensorthings_url),
+            ("NGSI-LD", "ngsi-ld", self.opts.ngsi_ld_url)) if url]
+        if platforms:  # the first platform's count; each one's in the description
+            forwarded = platforms[0][1]
+            target = ", ".join(f"{name}: {count}" for name, count in platforms)
         else:  # the fleet's MQTT topic of normalized readings, as this demo received it
             target, forwarded = f"MQTT {self.settings.readings_topic}", self.printed
         wakes = [w for node in self.nodes for w in node.wakes]
@@ -382,7 +389,7 @@ def _handler(args: argparse.Namespace) -> int:
     opts = DemoOptions(
         workdir=workdir, nodes=args.nodes, interval_s=args.interval,
         duration_s=args.duration, broker=args.broker, sensorthings_url=args.sensorthings,
-        api_port=args.port,
+        ngsi_ld_url=args.ngsi_ld, api_port=args.port,
     )
     try:
         summary = asyncio.run(run(opts))
@@ -401,6 +408,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", choices=["auto", "mosquitto", "amqtt"], default="auto")
     parser.add_argument("--sensorthings", metavar="URL",
                         help="forward to this SensorThings service root (…/v1.1)")
+    parser.add_argument("--ngsi-ld", metavar="URL",
+                        help="forward to this NGSI-LD broker (base URL, without /ngsi-ld/v1)")
     parser.add_argument("--port", type=int, default=0, help="fleet API port (default: free)")
     parser.add_argument("--dir", default="var/demo", help="working directory (default: var/demo)")
     parser.set_defaults(handler=_handler)

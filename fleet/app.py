@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Request
@@ -14,7 +15,9 @@ from sqlmodel import Session
 from . import monitoring, provisioning
 from .api.routes import admin, devices, events, gateways, readings, sites
 from .db import make_engine, migrate
-from .forward.sensorthings import SensorThingsForwarder
+from .forward.ngsi_ld import NgsiLdEnergyForwarder, NgsiLdForwarder
+from .forward.outbox import OutboxForwarder
+from .forward.sensorthings import SensorThingsEnergyForwarder, SensorThingsForwarder
 from .ingest import IngestWorker
 from .provisioning import ProvisioningError
 from .security import KeyDecryptionError, KeyVault
@@ -29,7 +32,7 @@ def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | Non
     """The API over one database; migrates it to the newest schema and, when the settings carry
     an admin token, makes sure it works. With `ingest_workers` > 0 the app also consumes the
     gateways' MQTT uploads while it runs, and with `forward` it forwards readings to the
-    platform targets configured in the settings (SensorThings) — all in this process."""
+    platform targets configured in the settings (SensorThings, NGSI-LD) — all in this process."""
     settings = settings or FleetSettings()
     engine = engine or make_engine(settings.database_url)
     if run_migrations:
@@ -49,10 +52,9 @@ def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | Non
         app.state.forwarders = []
         if ingest_workers:
             tasks.append(asyncio.create_task(monitoring.watch(engine, settings)))
-        if forward and settings.sensorthings_url:
-            forwarder = SensorThingsForwarder(engine, settings)
-            app.state.forwarders.append(forwarder)
-            tasks.append(asyncio.create_task(forwarder.run()))
+        if forward:
+            app.state.forwarders = forwarders(engine, settings)
+            tasks += [asyncio.create_task(f.run()) for f in app.state.forwarders]
         try:
             yield
         finally:
@@ -80,6 +82,17 @@ def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | Non
 
     _install_error_handlers(app)
     return app
+
+
+def forwarders(engine: sa.Engine, settings: FleetSettings) -> list[OutboxForwarder]:
+    """One forwarder per platform target whose URL the settings carry."""
+    found: list[OutboxForwarder[Any]] = []
+    if settings.sensorthings_url:
+        found += [SensorThingsForwarder(engine, settings),
+                  SensorThingsEnergyForwarder(engine, settings)]
+    if settings.ngsi_ld_url:
+        found += [NgsiLdForwarder(engine, settings), NgsiLdEnergyForwarder(engine, settings)]
+    return found
 
 
 def _error(status: int, detail: str, *, loc: tuple[str, ...] = ("body",)) -> JSONResponse:

@@ -27,6 +27,8 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError, field_valid
 from sqlmodel import Session, col, select
 
 from .db import make_engine
+from .forward.smart_data_models import model_of
+from .forward.targets import NGSI_LD, reading_targets
 from .models import (
     Counter,
     Device,
@@ -256,6 +258,11 @@ def _close_events(session: Session, *, kinds: Iterable[str], device: str | None 
                     .values(active=False, resolved_at=utcnow()))
 
 
+def _forwarded_to(target: str, reading: ReadingIn) -> bool:
+    """SensorThings takes every quantity; NGSI-LD those a Smart Data Model carries."""
+    return target != NGSI_LD or model_of(reading.kind, reading.quantity) is not None
+
+
 class ReadingStore:
     """Stores batches of readings idempotently and keeps the devices' live state current."""
 
@@ -263,7 +270,7 @@ class ReadingStore:
         self.engine = engine
         self.settings = settings
         self.shard = shard
-        self.targets = ["sensorthings"] if settings.sensorthings_url else []
+        self.targets = reading_targets(settings)
 
     def store(self, readings: Sequence[ReadingIn], *, invalid: int = 0) -> BatchResult:
         result = BatchResult(invalid=invalid)
@@ -304,7 +311,7 @@ class ReadingStore:
                     session.execute(sa.insert(OutboxItem), [
                         {"target": t, "reading_id": inserted[r.key], "status": "pending",
                          "attempts": 0, "next_attempt": utcnow()}
-                        for r in public for t in self.targets])
+                        for r in public for t in self.targets if _forwarded_to(t, r)])
                 self._update_devices(session, devices, new)
                 if self.settings.readings_topic:
                     result.new_readings = [r.model_dump(mode="json") for r in public]

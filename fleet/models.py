@@ -462,3 +462,37 @@ class PlatformLink(SQLModel, table=True):
     target: str = Field(primary_key=True, max_length=40)
     local_key: str = Field(primary_key=True, max_length=200)
     remote_id: str = Field(max_length=200)
+
+
+# --- building-level energy -------------------------------------------------------------------
+
+
+class EnergyAggregate(SQLModel, table=True):
+    """One quantity of the flats of one building over one interval (energy.py). Published
+    (values set, forwarded, served) only when at least `energy_min_flats` flats contributed;
+    a suppressed interval keeps only its flat count, so it is not computed again."""
+
+    __tablename__ = "energy_aggregate"
+    __table_args__ = (sa.UniqueConstraint("site_id", "quantity", "start"),)
+    id: int | None = Field(default=None, primary_key=True, sa_type=BIGID)
+    site_id: int = Field(foreign_key="site.id", index=True)
+    quantity: str = Field(max_length=40)
+    unit: str = Field(max_length=40)
+    start: datetime = Field(sa_type=UTCDateTime)
+    interval_s: int
+    flats: int
+    published: bool
+    total: float | None = None  # sum over the flats of each flat's last value
+    mean: float | None = None  # total / flats
+    computed_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class EnergyAggregatePublic(SQLModel):
+    site_id: int
+    quantity: str
+    unit: str
+    start: datetime
+    end: datetime
+    flats: int
+    total: float
+    mean: float

@@ -1,5 +1,6 @@
 """Health watch: devices that stopped sending become `device_offline` alerts; flat-level
-readings past their retention limit are deleted.
+readings past their retention limit are deleted; the buildings' energy aggregates are computed
+(energy.py).
 
 Low battery, sensor-fault flags and gateway last wills are noticed at ingest (ingest.py);
 what needs a clock — an uplink that did not come — is checked here, periodically.
@@ -14,6 +15,8 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 
+from .energy import aggregate_energy
+from .forward.targets import READING_TARGETS
 from .models import Device, DeviceState, Event, OutboxItem, Reading, utcnow
 from .settings import FleetSettings
 
@@ -52,7 +55,8 @@ def purge_personal_readings(engine: sa.Engine, settings: FleetSettings, *,
     with Session(engine) as session:
         # Their outbox rows first (none are written for flats, but older data may hold some).
         old = select(Reading.id).where(col(Reading.device).in_(flats), col(Reading.time) < cutoff)
-        session.execute(sa.delete(OutboxItem).where(col(OutboxItem.reading_id).in_(old)))
+        session.execute(sa.delete(OutboxItem).where(col(OutboxItem.target).in_(READING_TARGETS),
+                                                    col(OutboxItem.reading_id).in_(old)))
         result = session.execute(sa.delete(Reading).where(col(Reading.device).in_(flats),
                                                           col(Reading.time) < cutoff))
         session.commit()
@@ -65,6 +69,7 @@ async def watch(engine: sa.Engine, settings: FleetSettings, *, every_s: float = 
         try:
             await asyncio.to_thread(check_offline_devices, engine, settings)
             await asyncio.to_thread(purge_personal_readings, engine, settings)
+            await asyncio.to_thread(aggregate_energy, engine, settings)
         except sa.exc.OperationalError as exc:
             log.warning("monitoring could not read the database: %s", exc)
         await asyncio.sleep(every_s)

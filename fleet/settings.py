@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -40,9 +40,33 @@ class FleetSettings(BaseSettings):
     low_battery_v: float = 3.4
     # Readings of devices tied to a flat (personal data) are deleted after this many days.
     personal_retention_days: int = 90
+    # Key of the flats' pseudonyms (HMAC-SHA256, pseudonym.py); changing it renames every flat.
+    # A secret: kept out of reprs and logs.
+    pseudonym_key: SecretStr = Field(default=SecretStr("change-me-allmende-dev-pseudonym-key"),
+                                     min_length=8)
+    # Building-level energy (energy.py): the flats' readings of each site are summed per
+    # interval and published only when at least `energy_min_flats` flats contributed.
+    energy_interval_s: int = Field(default=900, ge=60, le=86_400)
+    energy_min_flats: int = Field(default=5, ge=2)
+    # An interval is computed this long after it ended (gateways may deliver late); readings
+    # arriving later still are not counted.
+    energy_delay_s: int = Field(default=900, ge=0)
 
     # SensorThings forwarding: base URL up to and including the version, e.g.
     # http://host:8000/v1.1 ; empty disables that target.
     sensorthings_url: str | None = None
     sensorthings_batch_size: int = 100
     forward_max_attempts: int = 8
+
+    # NGSI-LD forwarding (FIWARE Smart Data Models): the broker's base URL, without
+    # /ngsi-ld/v1, e.g. http://host:1026 ; empty disables that target.
+    ngsi_ld_url: str | None = None
+    # Sent as the NGSILD-Tenant header when set (a multi-tenant broker).
+    ngsi_ld_tenant: str | None = None
+    # Sent as `Authorization: Bearer ...` when set; never logged.
+    ngsi_ld_token: SecretStr | None = None
+    # The @context of every entity (JSON list of URLs); unset: the Smart Data Models' and the
+    # core context (forward/smart_data_models.py).
+    ngsi_ld_context: list[str] | None = None
+    # Entities per upsert request.
+    ngsi_ld_batch_size: int = 100

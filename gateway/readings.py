@@ -62,9 +62,9 @@ def _js(value: str | None) -> str:
     return json.dumps(value)
 
 
-@lru_cache(maxsize=256)
-def _flags_json(flags: int) -> str:
-    return json.dumps(payload.flag_names(flags))
+@lru_cache(maxsize=1024)
+def _flags_json(fport: int, flags: int) -> str:
+    return json.dumps(payload.flag_names(flags, fport))
 
 
 def record(
@@ -95,7 +95,7 @@ def record(
     # is TimeFormatter's plain ASCII.
     text = (
         f'[{_js(dev_eui)},{_js(session)},{int(fcnt)},"{time_iso}",{float(rssi)!r},'
-        f"{float(snr)!r},{_js(decoded['kind'])},{_flags_json(decoded['flags'])},{_js(fw)},"
+        f"{float(snr)!r},{_js(decoded['kind'])},{_flags_json(fport, decoded['flags'])},{_js(fw)},"
         f"[{','.join(values)}]]"
     )
     return text, len(values)

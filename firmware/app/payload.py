@@ -15,7 +15,7 @@ except ImportError:  # CPython (gateway, tests)
         return x
 
 
-# Status flags, byte `flags` of the air-quality format.
+# Status flags, byte `flags` of the air-quality format (FLAG_NAMES); each format names its own.
 FLAG_PM_FAULT = const(0x01)  # SDS011: no valid frame, bad checksum or fan failure
 FLAG_CLIMATE_FAULT = const(0x02)  # BME280: bus error, wrong chip id or implausible value
 FLAG_CO2_FAULT = const(0x04)  # SCD4x fitted but did not answer or failed its CRC
@@ -33,7 +33,18 @@ FLAG_NAMES = (
     (FLAG_PM_WARMUP, "pm_warmup"),
 )
 
+# Status flags of the energy-meter format (ENERGY_FLAG_NAMES): low battery and safe mode as
+# above, plus:
+FLAG_METER_FAULT = const(0x01)  # no valid SML telegram from the meter's optical interface
+
+ENERGY_FLAG_NAMES = (
+    (FLAG_METER_FAULT, "meter_fault"),
+    (FLAG_LOW_BATTERY, "low_battery"),
+    (FLAG_SAFE_MODE, "safe_mode"),
+)
+
 FPORT_AIR_QUALITY = const(1)
+FPORT_ENERGY = const(3)
 
 # A field: (name, struct code, scale, offset, missing sentinel, quantity, UCUM unit).
 # wire = round((value - offset) * scale); value = wire / scale + offset.
@@ -47,12 +58,22 @@ _AQ_V1_FIELDS = (
 )
 _AQ_CO2_FIELD = ("co2", "H", 1, 0, 0xFFFF, "CO2", "ppm")
 
-# fport -> (kind, {version: (fields, optional (flag, field) pairs)})
+# A flat's electricity meter (OBIS 1.8.0 and 16.7.0 read over its optical SML interface).
+# Power is signed: negative while the flat feeds in (balcony PV).
+_ENERGY_V1_FIELDS = (
+    ("energy_import", "I", 1, 0, 0xFFFFFFFF, "energy_import", "W.h"),
+    ("power", "i", 1, 0, -0x80000000, "active_power", "W"),
+)
+
+# fport -> (kind, {version: (fields, optional (flag, field) pairs)}, flag names)
 FORMATS = {
-    FPORT_AIR_QUALITY: ("air_quality", {1: (_AQ_V1_FIELDS, ((FLAG_HAS_CO2, _AQ_CO2_FIELD),))}),
+    FPORT_AIR_QUALITY: ("air_quality", {1: (_AQ_V1_FIELDS, ((FLAG_HAS_CO2, _AQ_CO2_FIELD),))},
+                        FLAG_NAMES),
+    FPORT_ENERGY: ("energy", {1: (_ENERGY_V1_FIELDS, ())}, ENERGY_FLAG_NAMES),
 }
 
-_RANGES = {"B": (0, 0xFF), "H": (0, 0xFFFF), "h": (-0x8000, 0x7FFF)}
+_RANGES = {"B": (0, 0xFF), "H": (0, 0xFFFF), "h": (-0x8000, 0x7FFF),
+           "I": (0, 0xFFFFFFFF), "i": (-0x80000000, 0x7FFFFFFF)}
 
 
 class PayloadError(ValueError):
@@ -83,7 +104,7 @@ def _from_wire(field, wire):
 
 def _schema(fport, version):
     try:
-        kind, versions = FORMATS[fport]
+        kind, versions = FORMATS[fport][0], FORMATS[fport][1]
     except KeyError:
         raise PayloadError("unknown FPort %d" % fport)
     try:
@@ -138,7 +159,7 @@ def _layout(fport, version):
         kind, fields, optional = _schema(fport, version)
         fmt = _fmt(fields)
         known = 0
-        for flag, _ in FLAG_NAMES:
+        for flag, _ in FORMATS[fport][2]:
             known |= flag
         extra = []
         for flag, field in optional:
@@ -189,5 +210,6 @@ def fields(fport, version):
     return [(f[0], f[5], f[6], 1 / f[2]) for f in tuple(base) + tuple(f for _, f in optional)]
 
 
-def flag_names(flags):
-    return [name for bit, name in FLAG_NAMES if flags & bit]
+def flag_names(flags, fport=FPORT_AIR_QUALITY):
+    """The names of the status flags set in `flags`, as the format of `fport` defines them."""
+    return [name for bit, name in FORMATS[fport][2] if flags & bit]

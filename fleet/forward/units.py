@@ -43,6 +43,12 @@ QUANTITIES: dict[str, QuantityInfo] = {
     "battery_voltage": QuantityInfo(
         "Battery voltage", "https://allmende.example/def/battery_voltage"
     ),
+    "active_power": QuantityInfo(
+        "Active power", "https://allmende.example/def/active_power"
+    ),
+    "energy_import": QuantityInfo(
+        "Active energy imported (meter reading)", "https://allmende.example/def/energy_import"
+    ),
     # Parking: 0 free, 1 occupied — a category, sent as its numeric code.
     "occupancy": QuantityInfo(
         "Parking bay occupancy (0 free, 1 occupied)",
@@ -60,6 +66,7 @@ UNIT_NAMES: dict[str, str] = {
     "[ppm]": "parts per million",
     "V": "volt",
     "W": "watt",
+    "W.h": "watt hour",
     "kW.h": "kilowatt hour",
     "A": "ampere",
     "1": "category code",

@@ -15,7 +15,15 @@ from allmende.fleet.provisioning import create_user
 from allmende.fleet.settings import FleetSettings
 from fastapi.testclient import TestClient
 
-from tests.fixtures.services import Broker, Postgres, run_mosquitto, run_postgres
+from tests.fixtures.ngsi_ld_broker import NGSI_TOKEN, NgsiLdBroker, run_ngsi_ld_broker
+from tests.fixtures.services import (
+    Broker,
+    Postgres,
+    SensorThings,
+    run_mosquitto,
+    run_postgres,
+    run_sensorthings,
+)
 
 ADMIN_TOKEN = "alm_test-admin-token"
 _db_numbers = itertools.count()
@@ -94,3 +102,17 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     with run_mosquitto(tmp_path / "mosquitto") as b:
         yield b
 
+
+
+@pytest.fixture(scope="module")
+def sta(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SensorThings]:
+    """A real SensorThings server (django-ogc-sensorthings), one per test module."""
+    with run_sensorthings(tmp_path_factory.mktemp("sensorthings")) as server:
+        yield server
+
+
+@pytest.fixture
+def ngsi_broker() -> Iterator[NgsiLdBroker]:
+    """The stand-in NGSI-LD broker (tests/fixtures/ngsi_ld_broker.py), wanting a token."""
+    with run_ngsi_ld_broker(token=NGSI_TOKEN) as b:
+        yield b

@@ -8,22 +8,16 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from allmende.fleet.ingest import ReadingIn, ReadingStore
-from allmende.fleet.models import DeviceCreate, Event, OutboxItem, Role
+from allmende.fleet.models import Event, OutboxItem, Role
 from allmende.fleet.monitoring import check_offline_devices, purge_personal_readings
-from allmende.fleet.provisioning import create_device
-from allmende.fleet.security import KeyVault
 from allmende.fleet.settings import FleetSettings
 from fastapi.testclient import TestClient
 from sqlmodel import Session, SQLModel, select
 
+from tests.fixtures.fleet_records import provision_device
+
 T0 = datetime(2026, 11, 21, 23, 40, tzinfo=UTC)
 
-
-def provision(engine: sa.Engine, settings: FleetSettings, dev: str, **fields: object) -> None:
-    with Session(engine) as session:
-        create_device(session, KeyVault(settings.secret_key),
-                      DeviceCreate(dev_eui=dev, **fields), actor="test")  # type: ignore[arg-type]
-        session.commit()
 
 
 def reading(dev: str, fcnt: int, quantity: str, value: float, *, flags: list[str] | None = None,
@@ -43,7 +37,7 @@ def active(engine: sa.Engine, kind: str) -> list[str | None]:
 def test_alerts_open_and_close(settings: FleetSettings, engine: sa.Engine, client: TestClient,
                                admin: dict[str, str]) -> None:
     dev = "00000000000000A1"
-    provision(engine, settings, dev)
+    provision_device(engine, settings, dev)
     store = ReadingStore(engine, settings)
     store.store([reading(dev, 1, "battery_voltage", 3.2, unit="V"),
                  reading(dev, 1, "PM2.5", 0, flags=["pm_fault"])])
@@ -69,8 +63,8 @@ def test_alerts_open_and_close(settings: FleetSettings, engine: sa.Engine, clien
 def test_flat_readings_never_enter_the_platform_outbox(settings: FleetSettings,
                                                        engine: sa.Engine) -> None:
     settings = settings.model_copy(update={"sensorthings_url": "http://127.0.0.1:9/v1.1"})
-    provision(engine, settings, "00000000000000E1", kind="energy", flat_ref="N-3-12")
-    provision(engine, settings, "00000000000000A1")
+    provision_device(engine, settings, "00000000000000E1", kind="energy", flat_ref="N-3-12")
+    provision_device(engine, settings, "00000000000000A1")
     result = ReadingStore(engine, settings).store([reading("00000000000000E1", 1, "power", 120),
                                                    reading("00000000000000A1", 1, "PM2.5", 9)])
     assert result.stored == 2
@@ -82,8 +76,8 @@ def test_flat_readings_never_enter_the_platform_outbox(settings: FleetSettings,
 def test_flat_readings_are_hidden_from_the_platform_and_expire(
         settings: FleetSettings, engine: sa.Engine, client: TestClient, admin: dict[str, str],
         token_for) -> None:  # noqa: ANN001
-    provision(engine, settings, "00000000000000E1", kind="energy", flat_ref="N-3-12")
-    provision(engine, settings, "00000000000000A1")
+    provision_device(engine, settings, "00000000000000E1", kind="energy", flat_ref="N-3-12")
+    provision_device(engine, settings, "00000000000000A1")
     ReadingStore(engine, settings).store([reading("00000000000000E1", 1, "power", 120),
                                           reading("00000000000000A1", 1, "PM2.5", 9)])
     platform = token_for(Role.platform)

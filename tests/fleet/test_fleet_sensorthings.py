@@ -2,42 +2,25 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
-import paho.mqtt.client as mqtt
-import pytest
 import sqlalchemy as sa
 from allmende.fleet.app import create_app
 from allmende.fleet.forward.sensorthings import TARGET, SensorThingsForwarder
 from allmende.fleet.ingest import ReadingIn, ReadingStore
-from allmende.fleet.models import DeviceCreate, OutboxItem, PlatformLink
-from allmende.fleet.provisioning import create_device
-from allmende.fleet.security import KeyVault
+from allmende.fleet.models import OutboxItem, PlatformLink
 from allmende.fleet.settings import FleetSettings
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
 
-from tests.fixtures.services import Broker, SensorThings, free_port, run_sensorthings
+from tests.fixtures.fleet_records import provision_device, publish_up
+from tests.fixtures.services import Broker, SensorThings, free_port
 
 T0 = datetime(2026, 11, 21, 23, 40, 0, 123000, tzinfo=UTC)
 
-
-@pytest.fixture(scope="module")
-def sta(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SensorThings]:
-    with run_sensorthings(tmp_path_factory.mktemp("sensorthings")) as server:
-        yield server
-
-
-def provision(engine: sa.Engine, settings: FleetSettings, dev: str, **fields: object) -> None:
-    with Session(engine) as session:
-        create_device(session, KeyVault(settings.secret_key),
-                      DeviceCreate(dev_eui=dev, **fields), actor="test")  # type: ignore[arg-type]
-        session.commit()
 
 
 def readings(dev: str, count: int, *, quantity: str = "PM2.5", unit: str = "ug/m3",
@@ -75,7 +58,7 @@ def test_observations_equal_the_readings_with_units_and_times(
     settings = settings.model_copy(update={"sensorthings_url": sta.url,
                                            "sensorthings_batch_size": 7})
     dev = uuid.uuid4().hex[:16].upper()
-    provision(engine, settings, dev, latitude=49.87, longitude=8.65)
+    provision_device(engine, settings, dev, latitude=49.87, longitude=8.65)
     store = ReadingStore(engine, settings)
     sent = readings(dev, 20) + readings(dev, 3, quantity="air_temperature", unit="Cel")
     store.store(sent)
@@ -105,7 +88,7 @@ def test_a_poisoned_row_is_dead_lettered_and_the_rest_delivered(
     settings = settings.model_copy(update={"sensorthings_url": sta.url})
     good, bad = uuid.uuid4().hex[:16].upper(), uuid.uuid4().hex[:16].upper()
     for dev in (good, bad):
-        provision(engine, settings, dev, latitude=49.87, longitude=8.65)
+        provision_device(engine, settings, dev, latitude=49.87, longitude=8.65)
     # The platform lost the bad device's datastream: every batch holding its row fails whole.
     with Session(engine) as session:
         session.add(PlatformLink(target=TARGET, local_key=f"datastream:{bad}:PM2.5",
@@ -127,7 +110,7 @@ def test_a_dead_platform_does_not_block_ingest(
         sta: SensorThings, settings: FleetSettings, engine: sa.Engine) -> None:
     down = settings.model_copy(update={"sensorthings_url": f"http://127.0.0.1:{free_port()}/v1.1"})
     dev = uuid.uuid4().hex[:16].upper()
-    provision(engine, down, dev, latitude=49.87, longitude=8.65)
+    provision_device(engine, down, dev, latitude=49.87, longitude=8.65)
     store = ReadingStore(engine, down)
     assert store.store(readings(dev, 4)).stored == 4
     result = SensorThingsForwarder(engine, down).forward_once()
@@ -149,7 +132,7 @@ def test_served_app_ingests_and_forwards(sta: SensorThings, broker: Broker,
     """The wiring the demo uses: create_app with an ingest worker and the forwarder."""
     settings = settings.model_copy(update={"sensorthings_url": sta.url, "mqtt_port": broker.port})
     dev = uuid.uuid4().hex[:16].upper()
-    provision(engine, settings, dev, latitude=49.87, longitude=8.65)
+    provision_device(engine, settings, dev, latitude=49.87, longitude=8.65)
     sent = readings(dev, 3)
     app = create_app(settings, engine=engine, ingest_workers=1, forward=True)
     with TestClient(app):
@@ -157,14 +140,7 @@ def test_served_app_ingests_and_forwards(sta: SensorThings, broker: Broker,
         while not all(w.ready.is_set() for w in app.state.ingest_workers):
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        gw = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
-        gw.connect("127.0.0.1", broker.port)
-        gw.loop_start()
-        body = {"gateway": "gw-a", "sent": T0.isoformat(),
-                "readings": [r.model_dump(mode="json") for r in sent]}
-        gw.publish("allmende/gw/gw-a/up", json.dumps(body), qos=1).wait_for_publish(10)
-        gw.loop_stop()
-        gw.disconnect()
+        publish_up(broker.port, "gw-a", sent, sent=T0)
         while True:
             with Session(engine) as session:
                 linked = session.get(PlatformLink, (TARGET, f"datastream:{dev}:PM2.5"))

@@ -1,15 +1,25 @@
-"""Sites: buildings, streets and areas that devices and gateways belong to."""
+"""Sites: buildings, streets and areas that devices and gateways belong to; a building's
+energy aggregates."""
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
 from sqlmodel import col, select
 
 from ... import audit, provisioning
-from ...models import MAX_ID, Site, SiteCreate, SitePublic, SiteUpdate
-from ..deps import FleetManager, RegistryReader, SessionDep
+from ...models import (
+    MAX_ID,
+    EnergyAggregate,
+    EnergyAggregatePublic,
+    Site,
+    SiteCreate,
+    SitePublic,
+    SiteUpdate,
+)
+from ..deps import FleetManager, ReadingReader, RegistryReader, SessionDep
 
 router = APIRouter(prefix="/sites", tags=["sites"])
 
@@ -65,3 +75,33 @@ def update_site(site_id: SiteId, data: SiteUpdate, session: SessionDep,
     session.commit()
     session.refresh(site)
     return site
+
+
+@router.get("/{site_id}/energy", response_model=list[EnergyAggregatePublic])
+def site_energy(
+    site_id: SiteId,
+    session: SessionDep,
+    user: ReadingReader,
+    quantity: Annotated[str | None, Query(max_length=40)] = None,
+    start: Annotated[datetime | None, Query(description="inclusive, ISO 8601")] = None,
+    end: Annotated[datetime | None, Query(description="exclusive, ISO 8601")] = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+) -> list[EnergyAggregatePublic]:
+    """The building's energy per interval: sums and means over its flats, published only for
+    intervals with at least the minimum number of flats (suppressed ones are left out)."""
+    if session.get(Site, site_id) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no site {site_id}")
+    query = select(EnergyAggregate).where(EnergyAggregate.site_id == site_id,
+                                          col(EnergyAggregate.published).is_(True))
+    if quantity is not None:
+        query = query.where(EnergyAggregate.quantity == quantity)
+    if start is not None:
+        query = query.where(EnergyAggregate.start >= start)
+    if end is not None:
+        query = query.where(EnergyAggregate.start < end)
+    rows = session.exec(query.order_by(col(EnergyAggregate.start),
+                                       col(EnergyAggregate.quantity)).limit(limit))
+    return [EnergyAggregatePublic(
+        site_id=a.site_id, quantity=a.quantity, unit=a.unit, start=a.start,
+        end=a.start + timedelta(seconds=a.interval_s), flats=a.flats, total=a.total or 0.0,
+        mean=a.mean or 0.0) for a in rows]
