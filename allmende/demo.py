@@ -127,7 +127,6 @@ class Demo:
         mosquitto = self.broker_kind == "mosquitto"
         settings = FleetSettings(
             database_url=f"sqlite:///{self.work / 'fleet.db'}",
-            secret_key=secrets.token_urlsafe(32),
             admin_token=self.admin_token,
             mqtt_port=self.broker_port,
             mqtt_username=FLEET_MQTT_USER if mosquitto else None,

@@ -21,7 +21,7 @@ from .forward.sensorthings import SensorThingsEnergyForwarder, SensorThingsForwa
 from .ingest import IngestWorker
 from .provisioning import ProvisioningError
 from .security import KeyDecryptionError, KeyVault
-from .settings import FleetSettings
+from .settings import FleetSettings, with_keys
 
 API_PREFIX = "/api/v1"
 
@@ -33,7 +33,7 @@ def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | Non
     an admin token, makes sure it works. With `ingest_workers` > 0 the app also consumes the
     gateways' MQTT uploads while it runs, and with `forward` it forwards readings to the
     platform targets configured in the settings (SensorThings, NGSI-LD) — all in this process."""
-    settings = settings or FleetSettings()
+    settings = with_keys(settings or FleetSettings())
     engine = engine or make_engine(settings.database_url)
     if run_migrations:
         migrate(engine)

@@ -18,7 +18,9 @@ PREFIX = "flat-"
 _DIGITS = 11  # PREFIX + 11 = 16 characters, the width of a device id; 44 bits
 
 
-def flat_pseudonym(key: SecretStr, flat_ref: str) -> str:
+def flat_pseudonym(key: SecretStr | None, flat_ref: str) -> str:
+    if key is None:
+        raise ValueError("no pseudonym key: settings.with_keys() provides one")
     digest = hmac.new(key.get_secret_value().encode(), b"allmende-flat\0" + flat_ref.encode(),
                       hashlib.sha256).hexdigest()
     return PREFIX + digest[:_DIGITS]
@@ -28,6 +30,6 @@ def is_pseudonym(name: str) -> bool:
     return name.startswith(PREFIX)
 
 
-def pseudonyms(key: SecretStr, flats: Iterable[tuple[str, str]]) -> dict[str, str]:
+def pseudonyms(key: SecretStr | None, flats: Iterable[tuple[str, str]]) -> dict[str, str]:
     """{DevEUI: pseudonym of its flat} for (DevEUI, flat_ref) pairs."""
     return {dev_eui: flat_pseudonym(key, flat_ref) for dev_eui, flat_ref in flats}

@@ -10,6 +10,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from pydantic import SecretStr
 
 TOKEN_PREFIX = "alm_"
 
@@ -38,10 +39,12 @@ def new_app_key() -> str:
 class KeyVault:
     """AES-256-GCM over AppKeys, bound to their DevEUI so a row cannot be swapped to another."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: SecretStr | None) -> None:
+        if secret is None:
+            raise ValueError("no secret key: settings.with_keys() provides one")
         hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"allmende-fleet",
                     info=b"device root keys v1")
-        self._aead = AESGCM(hkdf.derive(secret.encode()))
+        self._aead = AESGCM(hkdf.derive(secret.get_secret_value().encode()))
 
     def encrypt(self, dev_eui: str, app_key_hex: str) -> str:
         nonce = secrets.token_bytes(12)

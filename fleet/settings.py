@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+_KEYS = ("secret_key", "pseudonym_key")
 
 
 class FleetSettings(BaseSettings):
@@ -14,8 +24,8 @@ class FleetSettings(BaseSettings):
     # SQLite by default (no setup); PostgreSQL via postgresql+psycopg://user:pw@host/db.
     database_url: str = "sqlite:///allmende-fleet.db"
     # Key that encrypts device AppKeys at rest: any string; a 256-bit AES key is derived
-    # from it. Losing it makes every stored AppKey unreadable.
-    secret_key: str = Field(default="change-me-allmende-dev-secret", min_length=8)
+    # from it. Losing it makes every stored AppKey unreadable. Unset: see `secrets_file`.
+    secret_key: SecretStr | None = Field(default=None, min_length=8)
     # An admin token created on start when set, so a fresh install can be used at once.
     admin_token: str | None = None
 
@@ -42,8 +52,12 @@ class FleetSettings(BaseSettings):
     personal_retention_days: int = 90
     # Key of the flats' pseudonyms (HMAC-SHA256, pseudonym.py); changing it renames every flat.
     # A secret: kept out of reprs and logs.
-    pseudonym_key: SecretStr = Field(default=SecretStr("change-me-allmende-dev-pseudonym-key"),
-                                     min_length=8)
+    # Unset: see `secrets_file`.
+    pseudonym_key: SecretStr | None = Field(default=None, min_length=8)
+    # Where the two keys above are generated (once, random, mode 0600) and kept when they are
+    # not set: back it up with the database. Default: beside a SQLite database, else
+    # ./allmende-fleet.secrets. Several fleet processes must share the file or set both keys.
+    secrets_file: Path | None = None
     # Building-level energy (energy.py): the flats' readings of each site are summed per
     # interval and published only when at least `energy_min_flats` flats contributed.
     energy_interval_s: int = Field(default=900, ge=60, le=86_400)
@@ -70,3 +84,43 @@ class FleetSettings(BaseSettings):
     ngsi_ld_context: list[str] | None = None
     # Entities per upsert request.
     ngsi_ld_batch_size: int = 100
+
+
+def default_secrets_file(database_url: str) -> Path:
+    if database_url.startswith("sqlite:///") and database_url != "sqlite:///:memory:":
+        database = Path(database_url.removeprefix("sqlite:///"))
+        return database.with_name(database.name + ".secrets")
+    return Path("allmende-fleet.secrets")
+
+
+def with_keys(settings: FleetSettings) -> FleetSettings:
+    """The settings with both keys set: the configured ones, else those of the secrets file,
+    which is created with new random keys when it does not exist. There is no built-in key:
+    one everybody knows would protect nothing. Raises OSError or ValueError (a file that is
+    not this format) with the file's name."""
+    missing = [name for name in _KEYS if getattr(settings, name) is None]
+    if not missing:
+        return settings
+    path = settings.secrets_file or default_secrets_file(settings.database_url)
+    try:
+        stored = json.loads(path.read_text())
+        if not isinstance(stored, dict):
+            raise ValueError("not a JSON object")
+    except FileNotFoundError:
+        stored = {}
+    except ValueError as exc:
+        raise ValueError(f"secrets file {path}: {exc}") from None
+    new = [name for name in missing if not isinstance(stored.get(name), str)]
+    if new:
+        stored.update({name: secrets.token_urlsafe(32) for name in new})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(path.name + ".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                     0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(stored, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(path.with_name(path.name + ".tmp"), path)
+        log.warning("fleet_keys_generated", extra={"fields": {
+            "keys": new, "file": str(path), "action": "back this file up with the database"}})
+    return settings.model_copy(update={name: SecretStr(stored[name]) for name in missing})

@@ -56,7 +56,8 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 @pytest.fixture
 def settings(database_url: str) -> FleetSettings:
     return FleetSettings(database_url=database_url, admin_token=ADMIN_TOKEN,
-                         secret_key="test-secret-key-0123456789")
+                         secret_key="test-secret-key-0123456789",
+                         pseudonym_key="test-pseudonym-key-0123")
 
 
 @pytest.fixture
