@@ -59,6 +59,9 @@ class Gateway:
         self._tasks: list[asyncio.Task[None]] = []
         self._http: Any = None
         self._rate_window: deque[tuple[float, int]] = deque()
+        self._kernel_drops = 0  # the socket's drop count when last looked at
+        self._drops_unlogged = 0
+        self._drops_logged_at = 0.0
         self.started = time.time()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -387,6 +390,7 @@ class Gateway:
             await asyncio.sleep(1.0)
             await self.store.checkpoint()
             now = time.time()
+            self._count_kernel_drops(now)
             self.metrics.outbox_oldest_age.set(self.store.oldest_age(now))
             self.metrics.receive_to_commit_recent_max.set(self.store.recent_max_window(now))
             self.metrics.outbox_depth.set(self.outbox.depth_readings)
@@ -401,6 +405,24 @@ class Gateway:
                 next_device_check = time.monotonic() + self.config.devices_reload_s
                 if self.device_file.changed():
                     self.reload_devices("file_changed")
+
+
+    def _count_kernel_drops(self, now: float) -> None:
+        drops = self.udp.kernel_drops() if self.udp is not None else None
+        if drops is None:
+            return
+        new = drops - self._kernel_drops
+        self._kernel_drops = drops
+        if new <= 0:
+            return
+        self.metrics.udp_receive_drops.inc(new)
+        self._drops_unlogged += new
+        if now - self._drops_logged_at >= 10.0:
+            log.warning("udp_receive_overflow", extra={"fields": {
+                "datagrams_dropped": self._drops_unlogged,
+                "action": "frames arrive faster than they are checked: raise [udp] "
+                          "receive_buffer (and net.core.rmem_max) for bursts, or add CPU"}})
+            self._drops_unlogged, self._drops_logged_at = 0, now
 
 
 def run(config: GatewayConfig) -> int:

@@ -142,6 +142,11 @@ class Metrics:
             ["forwarder"],
             registry=r,
         )
+        self.udp_receive_drops = Counter(
+            P + "udp_receive_drops_total",
+            "Datagrams the kernel dropped because the GWMP socket's receive buffer was full",
+            registry=r,
+        )
         self.udp_send_errors = Counter(
             P + "udp_send_errors_total",
             "ACKs and downlinks the UDP socket could not send",

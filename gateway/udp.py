@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -121,6 +122,23 @@ class GwmpServer:
                 burst.append((packet, addr, time.time()))
         for packet, addr, now in burst:
             self._handle(packet, addr, now)
+
+    def kernel_drops(self) -> int | None:
+        """Datagrams the kernel dropped for this socket so far (its receive buffer was full),
+        from /proc/net/udp[6]; None where that is not available (not Linux, socket closed)."""
+        if self.sock is None:
+            return None
+        try:
+            inode = str(os.fstat(self.sock.fileno()).st_ino)
+            for table in ("/proc/net/udp", "/proc/net/udp6"):
+                with open(table) as lines:
+                    for line in lines:
+                        fields = line.split()
+                        if len(fields) >= 13 and fields[9] == inode:
+                            return int(fields[12])
+        except (OSError, ValueError):
+            return None
+        return None
 
     def sendto(self, data: bytes, addr: Any) -> bool:
         """Sends without blocking; a full send buffer or an unreachable forwarder is counted."""

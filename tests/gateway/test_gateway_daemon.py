@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -168,6 +170,25 @@ def test_hostile_datagrams_are_counted_and_the_gateway_keeps_running(gateway_fac
         assert gw.rejects() == expected
         assert fwd.pull(), "the gateway stopped answering"
         assert gw.proc.poll() is None
+    finally:
+        fwd.close()
+
+
+def test_datagrams_the_kernel_dropped_while_the_gateway_stalled_are_counted_and_logged(
+        gateway_factory):
+    gw = gateway_factory([SimNode.abp(1)], mqtt_port=None).start()
+    fwd = SimForwarder(("127.0.0.1", gw.udp_port))
+    try:
+        assert gw.metric("allmende_gateway_udp_receive_drops_total") == 0
+        os.kill(gw.proc.pid, signal.SIGSTOP)  # a stalled gateway: its receive buffer fills up
+        try:
+            for token in range(30_000):  # far more than a 4 MB receive buffer holds
+                fwd.send_raw(gwmp.pull_data(token & 0xFFFF, bytes(8)))
+        finally:
+            os.kill(gw.proc.pid, signal.SIGCONT)
+        assert gw.wait_metric("allmende_gateway_udp_receive_drops_total", 1) >= 1
+        assert "udp_receive_overflow" in gw.log()
+        assert fwd.pull(), "the gateway stopped answering"
     finally:
         fwd.close()
 
