@@ -189,6 +189,30 @@ def test_downlink_counter_reconstructs_32_bits_and_rejects_replays(lw_run, lw_ne
     assert o["dropped"] == 3 and o["fcnt_down"] == 0x10003
 
 
+def test_a_downlink_replayed_after_a_power_cut_is_still_rejected(lw_run, lw_net) -> None:
+    # The power cut loses RTC memory; what the node restores must know the downlink counter.
+    def dl(fcnt: int) -> str:
+        return lw_net.downlink(NWK, APP, ABP_ADDR_AIR, fcnt, fport=1, payload=b"%d" % fcnt).hex()
+
+    code = PRELUDE % json.dumps([dl(5), dl(5), dl(6)]) + (
+        "c = Clock()\n"
+        "r = Radio(c)\n"
+        f"d = device(c, r, RTC(), {ABP})\n"
+        "got = []\n"
+        "for i, f in enumerate(F):\n"
+        "    if i == 1:\n"
+        f"        d = device(c, r, RTC(), {ABP})  # power cut: fresh RTC, same flash\n"
+        "    r.replies = [f, None]\n"
+        "    c.sleep_ms(300000)\n"
+        "    x = d.send(1, b'u')\n"
+        "    got.append(None if x.payload is None else x.payload.decode())\n"
+        "out(got=got, source=d.restored_from, dropped=d.rx_dropped)\n"
+    )
+    (o,) = lw_run(code)
+    assert o["source"] == "flash"
+    assert o["got"] == ["5", None, "6"] and o["dropped"] == 1
+
+
 def test_uplink_counter_is_32_bits_with_16_on_air(lw_run, lw_net) -> None:
     code = (
         "from lwfakes import *\n"

@@ -43,7 +43,7 @@ Contracts:
   are stored as such absolute times so they hold across deep sleep.
 - Persistence: every change goes to RTC memory; the flash mirror at flash_path (written
   via flash_path + ".tmp" and a rename) is written on every join attempt (DevNonce before
-  the request goes on air), when a downlink changes RX/channel/duty-cycle settings, on
+  the request goes on air), on every accepted downlink (so FCntDown survives a power cut), on
   save(), and every mirror_every (16) uplinks. Restoring from the mirror (RTC memory lost)
   jumps FCntUp ahead by mirror_every, so no frame counter is ever sent twice.
 - Duty cycle: EU868 sub-bands 865-868 1 %, 868.0-868.6 1 %, 868.7-869.2 0.1 %,

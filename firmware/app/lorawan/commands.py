@@ -89,7 +89,6 @@ def _rx_param_setup(s, cmds, at):
         s.rx2_dr = rx2_dr
         s.rx2_freq = freq
     s.add_answer(bytes((_RX_PARAM_SETUP, status)), sticky=True)
-    return status == 7
 
 
 def _new_channel(s, cmds, at):
@@ -109,19 +108,16 @@ def _new_channel(s, cmds, at):
         else:
             s.ch_mask &= ~(1 << index)
     s.add_answer(bytes((_NEW_CHANNEL, (2 if dr_ok else 0) | (1 if freq_ok else 0))))
-    return freq_ok and dr_ok
 
 
 def apply(s, cmds, battery, snr):
     """Applies the commands in `cmds` to session `s`, queuing answers in it.
 
     `battery` is the DevStatusAns battery byte (0 external power, 1..254, 255 unknown),
-    `snr` the SNR in dB of this downlink, or None. Returns (link_check, changed): the
-    (margin dB, gateway count) of a LinkCheckAns or None, and whether settings that
-    should reach the flash mirror (RX, channels, duty cycle) changed.
+    `snr` the SNR in dB of this downlink, or None. Returns the (margin dB, gateway count)
+    of a LinkCheckAns, or None.
     """
     link_check = None
-    changed = False
     at = 0
     n = len(cmds)
     while at < n:
@@ -137,20 +133,18 @@ def apply(s, cmds, battery, snr):
         elif cid == _DUTY_CYCLE:
             s.max_dcycle = cmds[at] & 15
             s.add_answer(bytes((_DUTY_CYCLE,)))
-            changed = True
         elif cid == _RX_PARAM_SETUP:
-            changed |= _rx_param_setup(s, cmds, at)
+            _rx_param_setup(s, cmds, at)
         elif cid == _DEV_STATUS:
             margin = 0 if snr is None else max(-32, min(31, round(snr)))
             s.add_answer(bytes((_DEV_STATUS, battery & 0xFF, margin & 0x3F)))
         elif cid == _NEW_CHANNEL:
-            changed |= _new_channel(s, cmds, at)
+            _new_channel(s, cmds, at)
         elif cid == _RX_TIMING_SETUP:
             s.rx_delay = cmds[at] & 15 or 1
             s.add_answer(bytes((_RX_TIMING_SETUP,)), sticky=True)
-            changed = True
         at += size
-    return link_check, changed
+    return link_check
 
 
 def write_fopts(s, buf, at, room):

@@ -336,11 +336,13 @@ class Device:
         battery = self._battery() if self._battery else commands.BATTERY_UNKNOWN
         snr = getattr(self._radio, "last_snr", None)
         cmds = down.payload if down.fport == 0 else down.fopts
-        result.link_check, changed = commands.apply(s, cmds, battery, snr)
+        result.link_check = commands.apply(s, cmds, battery, snr)
         if down.fport > 0:
             result.fport = down.fport
             result.payload = bytes(down.payload)
-        self._store.save(s, flash=changed)
+        # Every accepted downlink reaches flash (downlinks are rare): restored from an older
+        # mirror after a power cut, FCntDown would accept a recorded downlink once more.
+        self._store.save(s, flash=True)
         return True
 
     def _on_join_accept(self, data, result):
