@@ -152,19 +152,20 @@ _READING_COLUMNS = ("key", "device", "kind", "quantity", "value", "unit", "time"
                     "session", "gateway", "rssi", "snr", "flags", "fw")
 
 
-def _insert_readings(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
-    """Insert the rows whose key is new; returns {key: id} of those (idempotent by key)."""
+def _insert_readings(session: Session, readings: Sequence[ReadingIn]) -> dict[str, int]:
+    """Insert the readings whose key is new; returns {key: id} of those (idempotent by key)."""
     if session.get_bind().dialect.name == "postgresql":
-        return _insert_readings_copy(session, rows)
+        return _insert_readings_copy(session, readings)
     # executemany of one cached statement (SQLAlchemy batches it into multi-row INSERTs);
-    # RETURNING names only the rows that were new.
+    # RETURNING names only the rows that were new. Validated readings: no re-serializing.
     table = Reading.__table__  # type: ignore[attr-defined]
     stmt = _dialect_insert(session, table).on_conflict_do_nothing(
         index_elements=["key"]).returning(table.c.id, table.c.key)
+    rows = [r.__dict__ for r in readings]
     return {key: rid for rid, key in session.connection().execute(stmt, rows)}
 
 
-def _insert_readings_copy(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
+def _insert_readings_copy(session: Session, readings: Sequence[ReadingIn]) -> dict[str, int]:
     """PostgreSQL: COPY into a session-local staging table, then one INSERT ... SELECT.
     Several times faster than parameterized multi-row INSERTs for large batches."""
     cols = ", ".join(_READING_COLUMNS)
@@ -176,9 +177,11 @@ def _insert_readings_copy(session: Session, rows: list[dict[str, Any]]) -> dict[
             "session text, gateway text, rssi double precision, snr double precision, "
             "flags json, fw text) ON COMMIT DELETE ROWS")
         with cur.copy(f"COPY reading_in ({cols}) FROM STDIN") as copy:
-            for row in rows:
-                row["flags"] = json.dumps(row["flags"]) if row["flags"] else "[]"
-                copy.write_row([row[c] for c in _READING_COLUMNS])
+            write_row = copy.write_row
+            for r in readings:  # in _READING_COLUMNS order
+                write_row((r.key, r.device, r.kind, r.quantity, r.value, r.unit, r.time, r.fcnt,
+                           r.session, r.gateway, r.rssi, r.snr,
+                           json.dumps(r.flags) if r.flags else "[]", r.fw))
         cur.execute(f"INSERT INTO reading ({cols}) SELECT {cols} FROM reading_in "
                     "ON CONFLICT (key) DO NOTHING RETURNING id, key")
         inserted = {key: rid for rid, key in cur.fetchall()}
@@ -186,6 +189,7 @@ def _insert_readings_copy(session: Session, rows: list[dict[str, Any]]) -> dict[
     return inserted
 
 
+_BATTERY = ("battery", "battery_voltage")  # quantity names, lower case
 _DEVICE_LIVE = ("last_seen", "rssi", "snr", "firmware_version", "battery", "state")
 
 
@@ -294,8 +298,7 @@ class ReadingStore:
                 else:
                     accepted.append(r)
             if accepted:
-                rows = [dict(r.__dict__) for r in accepted]  # validated: no re-serializing
-                inserted = _insert_readings(session, rows)
+                inserted = _insert_readings(session, accepted)
                 result.stored = len(inserted)
                 result.duplicates += len(accepted) - len(inserted)
                 new = [r for r in accepted if r.key in inserted]
@@ -342,14 +345,20 @@ class ReadingStore:
         latest: dict[str, ReadingIn] = {}
         battery: dict[str, ReadingIn] = {}
         faulty: dict[str, list[str]] = {}
+        is_battery: dict[str, bool] = {}  # by quantity name: a batch has only a few
+        # One pass over what can be tens of thousands of readings: plain lookups only.
         for r in new:
-            if r.device not in latest or r.time > latest[r.device].time:
-                latest[r.device] = r
-            if r.quantity.lower() in ("battery", "battery_voltage") and (
-                    r.device not in battery or r.time >= battery[r.device].time):
-                battery[r.device] = r
+            dev = r.device
+            seen = latest.get(dev)
+            if seen is None or r.time > seen.time:
+                latest[dev] = r
+            quantity = r.quantity
+            if (battery_quantity := is_battery.get(quantity)) is None:
+                battery_quantity = is_battery[quantity] = quantity.lower() in _BATTERY
+            if battery_quantity and ((b := battery.get(dev)) is None or r.time >= b.time):
+                battery[dev] = r
             if r.flags:
-                faulty.setdefault(r.device, []).append(f"{r.quantity}: {', '.join(r.flags)}")
+                faulty.setdefault(dev, []).append(f"{quantity}: {', '.join(r.flags)}")
 
         updates: list[dict[str, Any]] = []
         for dev_eui, r in latest.items():
