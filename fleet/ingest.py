@@ -9,6 +9,7 @@ delivered to it again when it restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -428,6 +429,12 @@ class ReadingStore:
                 session.commit()
 
 
+@dataclass
+class _ParsedBatch:
+    readings: list[ReadingIn] = field(default_factory=list)
+    invalid: int = 0
+
+
 class IngestWorker:
     """One MQTT consumer in the shared-subscription group; start several to split the load.
 
@@ -497,34 +504,67 @@ class IngestWorker:
             await client.subscribe(f"$share/{s.ingest_group}/{stats}" if shared else stats, qos=0)
             self.ready.set()
             messages = client.messages
-            batch: list[aiomqtt.Message] = []
-            async for message in messages:
-                batch.append(message)
-                # Drain what is already queued into one transaction, without waiting.
-                while len(messages) and len(batch) < s.ingest_batch_size:
-                    batch.append(await anext(messages))
-                await self._handle(client, batch)
-                batch = []
+            # One batch is committed (in a thread) while the next one is received and parsed
+            # on the event loop: the database's time overlaps with the worker's own. Commits
+            # stay one at a time and in order, and a batch is acknowledged after its commit.
+            committing: asyncio.Task[None] | None = None
+            try:
+                async for message in messages:
+                    batch = [message]
+                    # Drain what is already queued into one transaction, without waiting.
+                    while len(messages) and len(batch) < s.ingest_batch_size:
+                        batch.append(await anext(messages))
+                    parsed = self._parse(batch)
+                    if committing is not None:
+                        await committing
+                    committing = asyncio.create_task(self._commit(client, batch, parsed))
+            finally:
+                if committing is not None:
+                    # Stopped or disconnected with a batch not yet acknowledged: the broker
+                    # hands it out again, and storing it twice is idempotent. A commit that
+                    # had failed raises its error here.
+                    committing.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await committing
 
-    async def _handle(self, client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> None:
-        readings: list[ReadingIn] = []
-        invalid = 0
+    def _parse(self, batch: list[aiomqtt.Message]) -> _ParsedBatch:
+        """The readings of a batch's `up` messages (CPU only, no I/O)."""
+        parsed = _ParsedBatch()
+        for message in batch:
+            topic = message.topic.value
+            gateway_id = gateway_of(topic)
+            if gateway_id is None or not topic.endswith("/up"):
+                continue
+            payload = message.payload if isinstance(message.payload, bytes) else b""
+            good, bad = parse_up(gateway_id, payload)
+            parsed.readings.extend(good)
+            parsed.invalid += bad
+        return parsed
+
+    async def _commit(self, client: aiomqtt.Client, batch: list[aiomqtt.Message],
+                      parsed: _ParsedBatch) -> None:
+        """Store a parsed batch, then acknowledge its messages."""
+        try:
+            await self._store_and_ack(client, batch, parsed)
+        except Exception:
+            # Said at once: the worker's loop raises it only when the next batch comes.
+            log.exception("ingest stopped: storing a batch of %d messages failed", len(batch))
+            raise
+
+    async def _store_and_ack(self, client: aiomqtt.Client, batch: list[aiomqtt.Message],
+                             parsed: _ParsedBatch) -> None:
         for message in batch:
             topic = message.topic.value
             gateway_id = gateway_of(topic)
             if gateway_id is None:
                 continue
             payload = message.payload if isinstance(message.payload, bytes) else b""
-            if topic.endswith("/up"):
-                good, bad = parse_up(gateway_id, payload)
-                readings.extend(good)
-                invalid += bad
-            elif topic.endswith("/status"):
+            if topic.endswith("/status"):
                 await asyncio.to_thread(self.store.gateway_status, gateway_id, payload)
             elif topic.endswith("/stats"):
                 await asyncio.to_thread(self.store.gateway_stats, gateway_id, payload)
-        if readings or invalid:
-            result = await self._store_with_retry(readings, invalid)
+        if parsed.readings or parsed.invalid:
+            result = await self._store_with_retry(parsed.readings, parsed.invalid)
             self.totals.add(result)
             if result.new_readings and self.settings.readings_topic:
                 await client.publish(self.settings.readings_topic,
