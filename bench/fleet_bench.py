@@ -230,6 +230,9 @@ def main() -> int:
     parser.add_argument("--only", choices=["sqlite", "postgres"])
     parser.add_argument("--workers", default="1,2",
                         help="ingest worker counts to run, comma-separated (default 1,2)")
+    parser.add_argument("--durable", action="store_true",
+                        help="PostgreSQL with fsync and synchronous_commit on, as in production "
+                             "(default: off, like the test suite's throwaway cluster)")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-ingest", action="store_true")
     args = parser.parse_args()
@@ -237,7 +240,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp, \
             run_mosquitto(Path(tmp) / "mqtt", config_lines=[
                 "allow_anonymous true", "max_inflight_messages 200",
-                "max_queued_messages 100000"]) as broker, run_postgres() as pg:
+                "max_queued_messages 100000"]) as broker, run_postgres(durable=args.durable) as pg:
         base = pg.url.rsplit("/", 1)[0]
         admin = sa.create_engine(pg.url, isolation_level="AUTOCOMMIT")
         n = 0
@@ -253,7 +256,9 @@ def main() -> int:
 
         if not args.skip_ingest:
             print(f"ingest: {args.readings:,} readings (uplinks of 5 quantities) in messages of "
-                  "100, QoS 1, 1000 devices")
+                  "100, QoS 1, 1000 devices; PostgreSQL "
+                  + ("durable (fsync, synchronous_commit on)" if args.durable else
+                     "with fsync and synchronous_commit off"))
         for backend in backends if not args.skip_ingest else []:
             for workers in [int(w) for w in args.workers.split(",")]:
                 rate = bench_ingest(fresh(backend), broker.port, workers=workers,
