@@ -431,6 +431,8 @@ class ReadingStore:
 
 @dataclass
 class _ParsedBatch:
+    """The valid readings of a batch's `up` messages and how many were invalid."""
+
     readings: list[ReadingIn] = field(default_factory=list)
     invalid: int = 0
 
