@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -429,6 +430,21 @@ class ReadingStore:
                 session.commit()
 
 
+# Python's default is 700. A batch keeps tens of thousands of readings (a few objects each)
+# alive until its commit; at 700 the cycle collector ran ~800 times per 100,000 readings and
+# its full passes walked every live object: a third of a worker's CPU in profiles, for
+# nothing, since readings hold no reference cycles and reference counting frees them.
+_GC_FIRST_GENERATION_THRESHOLD = 20_000
+
+
+def _collect_cycles_less_often() -> None:
+    """Raise the cycle collector's first threshold for this process (never lower it). It
+    applies to the whole process, which only makes cycle collection less frequent."""
+    first, second, third = gc.get_threshold()
+    if 0 < first < _GC_FIRST_GENERATION_THRESHOLD:
+        gc.set_threshold(_GC_FIRST_GENERATION_THRESHOLD, second, third)
+
+
 @dataclass
 class _ParsedBatch:
     """The valid readings of a batch's `up` messages and how many were invalid."""
@@ -466,6 +482,7 @@ class IngestWorker:
 
     async def run(self) -> None:
         """Consume until cancelled, reconnecting when the broker goes away."""
+        _collect_cycles_less_often()
         delay = 0.5
         while True:
             try:
