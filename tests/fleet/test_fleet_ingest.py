@@ -232,3 +232,44 @@ def test_a_worker_that_stops_before_commit_gets_its_messages_again(
 
     asyncio.run(scenario())
     assert counters(engine)["readings_stored"] == len(sent)
+
+
+def test_pipelined_batches_are_all_committed_and_acknowledged(
+        broker: Broker, settings: FleetSettings, engine: sa.Engine) -> None:
+    # Tiny batches: many of them are committed while the next ones are parsed.
+    settings = settings.model_copy(update={"mqtt_port": broker.port, "ingest_batch_size": 3})
+    provision(engine, settings, gateways=["gw-a"], devices=["00000000000000A1"])
+    messages = 30
+
+    async def scenario() -> None:
+        async with aiomqtt.Client("127.0.0.1", broker.port) as gw:
+            first = IngestWorker(settings, engine=engine, client_id="fleet-pipe")
+            task = asyncio.create_task(first.run())
+            try:
+                await asyncio.wait_for(first.ready.wait(), 20)
+                for m in range(messages):
+                    await gw.publish("allmende/gw/gw-a/up", up_message(
+                        "gw-a", [reading("00000000000000A1", m * 2 + k) for k in range(2)]),
+                        qos=1)
+                await until(lambda: first.messages == messages)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            assert first.totals.stored == 2 * messages
+            # Same identity again: had any message been left unacknowledged, the broker
+            # would hand it out before the one published now.
+            again = IngestWorker(settings, engine=engine, client_id="fleet-pipe")
+            task = asyncio.create_task(again.run())
+            try:
+                await asyncio.wait_for(again.ready.wait(), 20)
+                await gw.publish("allmende/gw/gw-a/up", up_message(
+                    "gw-a", [reading("00000000000000A1", 1000)]), qos=1)
+                await until(lambda: again.messages >= 1)
+            finally:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            assert (again.messages, again.totals.stored, again.totals.duplicates) == (1, 1, 0)
+
+    asyncio.run(scenario())
+    c = counters(engine)
+    assert (c["readings_stored"], c.get("readings_duplicate", 0)) == (2 * messages + 1, 0)
