@@ -28,7 +28,7 @@ from sqlmodel import Session, col, func, select
 from .forward.smart_data_models import ENERGY
 from .forward.targets import NGSI_LD_ENERGY, energy_targets
 from .ingest import bump_counters
-from .models import Device, EnergyAggregate, OutboxItem, Reading, utcnow
+from .models import Device, DeviceState, EnergyAggregate, OutboxItem, Reading, utcnow
 from .settings import FleetSettings
 
 log = logging.getLogger(__name__)
@@ -57,29 +57,33 @@ def aggregate_energy(engine: sa.Engine, settings: FleetSettings, *,
     result = AggregationResult()
     with Session(engine) as session:
         meters: dict[int, dict[str, str]] = defaultdict(dict)  # site -> {DevEUI: flat_ref}
+        # Meters in service only: a swapped meter keeps its flat_ref (history), and summing
+        # its last value with its successor's would count the flat twice.
         for dev_eui, site_id, flat_ref in session.exec(
                 select(Device.dev_eui, Device.site_id, Device.flat_ref).where(
-                    col(Device.flat_ref).is_not(None), col(Device.site_id).is_not(None))):
+                    col(Device.flat_ref).is_not(None), col(Device.site_id).is_not(None),
+                    col(Device.state) != DeviceState.decommissioned)):
             meters[int(site_id or 0)][dev_eui] = str(flat_ref)
-        for site_id, flats in meters.items():
-            last = session.exec(select(func.max(EnergyAggregate.start)).where(
-                EnergyAggregate.site_id == site_id)).one()
-            since = last + step if last is not None else None
-            rows = _aggregates(session, settings, site_id, flats, since=since, until=until)
-            for row in rows:
-                if row.published:
-                    result.published += 1
-                else:
-                    result.suppressed += 1
-            session.add_all(rows)
-            session.flush()  # ids for the outbox
-            _enqueue(session, settings, [row for row in rows if row.published])
-        bump_counters(session, {"energy_aggregates_published": result.published,
-                                "energy_aggregates_suppressed": result.suppressed})
         try:
+            for site_id, flats in meters.items():
+                last = session.exec(select(func.max(EnergyAggregate.start)).where(
+                    EnergyAggregate.site_id == site_id)).one()
+                since = last + step if last is not None else None
+                rows = _aggregates(session, settings, site_id, flats, since=since, until=until)
+                for row in rows:
+                    if row.published:
+                        result.published += 1
+                    else:
+                        result.suppressed += 1
+                session.add_all(rows)
+                session.flush()  # ids for the outbox
+                _enqueue(session, settings, [row for row in rows if row.published])
+            bump_counters(session, {"energy_aggregates_published": result.published,
+                                    "energy_aggregates_suppressed": result.suppressed})
             session.commit()
         except sa.exc.IntegrityError:
-            # Another fleet process computed the same intervals first: theirs stand.
+            # Another fleet process computed the same intervals first (at the flush or the
+            # commit): theirs stand.
             session.rollback()
             log.info("energy aggregates already computed by another process")
             return AggregationResult()

@@ -65,11 +65,16 @@ def purge_personal_readings(engine: sa.Engine, settings: FleetSettings, *,
 
 async def watch(engine: sa.Engine, settings: FleetSettings, *, every_s: float = 30.0) -> None:
     """Run the checks until cancelled."""
+    checks = (check_offline_devices, purge_personal_readings, aggregate_energy)
     while True:
-        try:
-            await asyncio.to_thread(check_offline_devices, engine, settings)
-            await asyncio.to_thread(purge_personal_readings, engine, settings)
-            await asyncio.to_thread(aggregate_energy, engine, settings)
-        except sa.exc.OperationalError as exc:
-            log.warning("monitoring could not read the database: %s", exc)
+        for check in checks:
+            # One failing check must not end the others: the retention purge is an obligation.
+            try:
+                await asyncio.to_thread(check, engine, settings)
+            except sa.exc.OperationalError as exc:
+                log.warning("monitoring could not read the database (%s): %s",
+                            check.__name__, exc)
+            except Exception:
+                log.exception("monitoring check %s failed; retrying in %s s",
+                              check.__name__, every_s)
         await asyncio.sleep(every_s)

@@ -16,7 +16,17 @@ from allmende.fleet.energy import aggregate_energy
 from allmende.fleet.forward.ngsi_ld import NgsiLdEnergyForwarder
 from allmende.fleet.forward.sensorthings import SensorThingsEnergyForwarder
 from allmende.fleet.ingest import ReadingIn, ReadingStore, read_counters
-from allmende.fleet.models import EnergyAggregate, OutboxItem, PlatformLink, Role, Site
+from allmende.fleet.models import (
+    Device,
+    DeviceReplace,
+    EnergyAggregate,
+    OutboxItem,
+    PlatformLink,
+    Role,
+    Site,
+)
+from allmende.fleet.provisioning import replace
+from allmende.fleet.security import KeyVault
 from allmende.fleet.settings import FleetSettings
 from allmende.gateway.readings import expand, record
 from fastapi.testclient import TestClient
@@ -102,6 +112,28 @@ def test_fewer_flats_than_the_minimum_publish_nothing(
         assert read_counters(session)["energy_aggregates_suppressed"] == 2
     r = client.get(f"/api/v1/sites/{small}/energy", headers=token_for(Role.platform))
     assert r.status_code == 200 and r.json() == []
+
+
+def test_a_swapped_meter_does_not_count_its_flat_twice(
+        settings: FleetSettings, engine: sa.Engine) -> None:
+    site, meters = building(engine, settings, "Westhof", settings.energy_min_flats)
+    store = ReadingStore(engine, settings)
+    for meter in meters:
+        store.store(meter_uplink(meter, 1, T0 + timedelta(minutes=2), 100.0, 5000.0))
+    new_meter = f"{site:04X}0000000000FF"
+    with Session(engine) as session:
+        old = session.exec(select(Device).where(Device.dev_eui == meters[0])).one()
+        replace(session, KeyVault(settings.secret_key), old,
+                DeviceReplace(dev_eui=new_meter), actor="test")
+        session.commit()
+    # The new meter starts at zero; the old one's last value must not be added to it.
+    store.store(meter_uplink(new_meter, 1, T0 + STEP + timedelta(minutes=2), 100.0, 0.0))
+    now = T0 + 2 * STEP + timedelta(seconds=settings.energy_delay_s + 1)
+    aggregate_energy(engine, settings, now=now)
+    second = {a.quantity: a for a in aggregates(engine, site) if a.start == T0 + STEP}
+    assert second["active_power"].flats == settings.energy_min_flats
+    assert second["active_power"].total == 100.0 * settings.energy_min_flats
+    assert second["energy_import"].total == 5000.0 * (settings.energy_min_flats - 1)
 
 
 def test_the_energy_endpoint_serves_published_aggregates_only(
