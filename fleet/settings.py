@@ -70,7 +70,9 @@ class FleetSettings(BaseSettings):
     # http://host:8000/v1.1 ; empty disables that target.
     sensorthings_url: str | None = None
     sensorthings_batch_size: int = 100
-    forward_max_attempts: int = 8
+    # Failed attempts (platform down, 5xx, ...) before an item is dead. Retries back off
+    # to every FORWARD_BACKOFF_MAX_S (5 min), so the default rides out a week's outage.
+    forward_max_attempts: int = Field(default=2016, ge=1)
 
     # NGSI-LD forwarding (FIWARE Smart Data Models): the broker's base URL, without
     # /ngsi-ld/v1, e.g. http://host:1026 ; empty disables that target.

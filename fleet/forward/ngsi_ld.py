@@ -138,7 +138,8 @@ class _NgsiLd(OutboxForwarder[RecordT]):
                 problem = errors[e.id] if isinstance(errors[e.id], dict) else {}
                 reason = (f"NGSI-LD broker refused {e.id}: {problem.get('title', '')} "
                           f"{problem.get('detail', '')}".strip())
-                if is_transient(int(problem.get("status") or 400)):
+                status = problem.get("status")
+                if isinstance(status, int) and is_transient(status):
                     self.retry(e.rows, reason, result)
                 else:
                     self.dead(e.rows, reason, result)

@@ -58,6 +58,9 @@ class Pending(Generic[RecordT]):
     record: RecordT
 
 
+FORWARD_BACKOFF_MAX_S = 300  # a platform back after an outage gets its backlog within minutes
+
+
 def is_transient(status_code: int) -> bool:
     """A status that says "not now" rather than "never": retry those."""
     return status_code >= 500 or status_code == 429
@@ -83,6 +86,11 @@ class OutboxForwarder(Generic[RecordT]):
                 result = await asyncio.to_thread(self.forward_once)
             except sa.exc.OperationalError as exc:
                 log.warning("%s forwarder cannot read the outbox: %s", self.target, exc)
+                result = ForwardResult()
+            except Exception:
+                # Whatever went wrong in this pass, the outbox is intact (its transaction was
+                # not committed): say so and try again, never end the task.
+                log.exception("%s forwarder pass failed; retrying in %s s", self.target, idle_s)
                 result = ForwardResult()
             if result.delivered == 0:
                 await asyncio.sleep(idle_s)
@@ -134,7 +142,8 @@ class OutboxForwarder(Generic[RecordT]):
                 item.status = "dead"
                 result.dead += 1
             else:
-                item.next_attempt = utcnow() + timedelta(seconds=min(2 ** item.attempts, 3600))
+                backoff = min(2 ** min(item.attempts, 16), FORWARD_BACKOFF_MAX_S)
+                item.next_attempt = utcnow() + timedelta(seconds=backoff)
                 result.retrying += 1
 
     def dead(self, rows: list[Pending[RecordT]], reason: str, result: ForwardResult) -> None:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from allmende.fleet.app import create_app
 from allmende.fleet.forward.sensorthings import TARGET, SensorThingsForwarder
 from allmende.fleet.ingest import ReadingIn, ReadingStore
-from allmende.fleet.models import OutboxItem, PlatformLink
+from allmende.fleet.models import OutboxItem, PlatformLink, utcnow
 from allmende.fleet.settings import FleetSettings
 from fastapi.testclient import TestClient
 from sqlmodel import Session, select
@@ -117,6 +117,14 @@ def test_a_dead_platform_does_not_block_ingest(
     assert (result.delivered, result.retrying) == (0, 4)
     waiting = pending(engine)
     assert all(i.status == "pending" and i.attempts == 1 for i in waiting)
+    # A long outage: many more failed passes, and the items still wait, at most 5 min apart.
+    for _ in range(30):
+        with engine.begin() as conn:
+            conn.execute(sa.update(OutboxItem).values(next_attempt=T0))
+        assert SensorThingsForwarder(engine, down).forward_once().dead == 0
+    waiting = pending(engine)
+    assert all(i.status == "pending" and i.attempts == 31 for i in waiting)
+    assert all(i.next_attempt - utcnow() <= timedelta(seconds=300) for i in waiting)
     assert store.store(readings(dev, 2, first_fcnt=5)).stored == 2
     # The platform is back; make the retries due now rather than waiting out the backoff.
     with engine.begin() as conn:
