@@ -186,7 +186,9 @@ def bench_latency(database_url: str, *, devices: int, stored: int,
     t = time.perf_counter()
     _fill_readings(engine, stored, devices)
     print(f"    loaded {stored:,} readings in {time.perf_counter() - t:.0f}s", flush=True)
-    app = create_app(FleetSettings(database_url=database_url, admin_token=TOKEN), engine=engine)
+    app = create_app(FleetSettings(database_url=database_url, admin_token=TOKEN,
+                                   secret_key="bench-secret-key-0123",
+                                   pseudonym_key="bench-pseudonym-key-0123"), engine=engine)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)

@@ -10,7 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from . import monitoring, provisioning
 from .api.routes import admin, devices, events, gateways, readings, sites
@@ -19,11 +19,30 @@ from .forward.ngsi_ld import NgsiLdEnergyForwarder, NgsiLdForwarder
 from .forward.outbox import OutboxForwarder
 from .forward.sensorthings import SensorThingsEnergyForwarder, SensorThingsForwarder
 from .ingest import IngestWorker
+from .models import Device, DeviceKey
 from .provisioning import ProvisioningError
 from .security import KeyDecryptionError, KeyVault
 from .settings import FleetSettings, with_keys
 
 API_PREFIX = "/api/v1"
+
+
+def _check_secret_key(session: Session, vault: KeyVault) -> None:
+    """Refuses a secret key that does not open the AppKeys already stored (a key lost or
+    replaced, e.g. a new one generated for an existing database): better no start than a
+    fleet that cannot give a gateway or a flasher a single key."""
+    row = session.exec(select(Device.dev_eui, DeviceKey.app_key_encrypted)
+                       .join(DeviceKey, col(DeviceKey.device_id) == col(Device.id))
+                       .limit(1)).first()
+    if row is None:
+        return
+    try:
+        vault.decrypt(row[0], row[1])
+    except KeyDecryptionError:
+        raise ValueError(
+            "the secret key does not open the AppKeys stored in this database: set "
+            "ALLMENDE_SECRET_KEY (or ALLMENDE_SECRETS_FILE) to the key they were sealed with"
+        ) from None
 
 
 def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | None = None,
@@ -37,8 +56,10 @@ def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | Non
     engine = engine or make_engine(settings.database_url)
     if run_migrations:
         migrate(engine)
-    if settings.admin_token:
-        with Session(engine) as session:
+    vault = KeyVault(settings.secret_key)
+    with Session(engine) as session:
+        _check_secret_key(session, vault)
+        if settings.admin_token:
             provisioning.ensure_admin_token(session, settings.admin_token)
 
     @asynccontextmanager
@@ -67,7 +88,7 @@ def create_app(settings: FleetSettings | None = None, *, engine: sa.Engine | Non
                               "LoRaWAN sensor fleet.")
     app.state.settings = settings
     app.state.engine = engine
-    app.state.vault = KeyVault(settings.secret_key)
+    app.state.vault = vault
 
     api = APIRouter(prefix=API_PREFIX)
     for module in (devices, gateways, sites, readings, events, admin):

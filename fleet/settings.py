@@ -88,11 +88,13 @@ class FleetSettings(BaseSettings):
     ngsi_ld_batch_size: int = 100
 
 
-def default_secrets_file(database_url: str) -> Path:
+def default_secrets_file(database_url: str) -> Path | None:
+    """Beside a SQLite database file; None for a server database, whose processes may run
+    anywhere: they must be told where the keys are."""
     if database_url.startswith("sqlite:///") and database_url != "sqlite:///:memory:":
         database = Path(database_url.removeprefix("sqlite:///"))
         return database.with_name(database.name + ".secrets")
-    return Path("allmende-fleet.secrets")
+    return None
 
 
 def with_keys(settings: FleetSettings) -> FleetSettings:
@@ -104,25 +106,48 @@ def with_keys(settings: FleetSettings) -> FleetSettings:
     if not missing:
         return settings
     path = settings.secrets_file or default_secrets_file(settings.database_url)
+    if path is None:
+        raise ValueError("set ALLMENDE_SECRET_KEY and ALLMENDE_PSEUDONYM_KEY, or "
+                         "ALLMENDE_SECRETS_FILE (shared by every fleet process of this database)")
+    stored = _read_secrets(path)
+    new = [name for name in missing if not isinstance(stored.get(name), str)]
+    if new and not stored:
+        # First start: the complete file appears at once (link of a private temporary one)
+        # and only if none is there, so of two processes starting together one writes the
+        # keys and the other reads them.
+        keys: dict[str, object] = {name: secrets.token_urlsafe(32) for name in _KEYS}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w") as out:
+                json.dump(keys, out)
+                out.flush()
+                os.fsync(out.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            stored = _read_secrets(path)
+        else:
+            stored = keys
+            log.warning("fleet_keys_generated", extra={"fields": {
+                "keys": list(_KEYS), "file": str(path),
+                "action": "back this file up with the database"}})
+        finally:
+            tmp.unlink(missing_ok=True)
+        new = [name for name in missing if not isinstance(stored.get(name), str)]
+    if new:
+        raise ValueError(f"secrets file {path} has no {', '.join(new)}: add it (a random "
+                         "string) or set ALLMENDE_" + new[0].upper())
+    return settings.model_copy(update={name: SecretStr(str(stored[name])) for name in missing})
+
+
+def _read_secrets(path: Path) -> dict[str, object]:
     try:
         stored = json.loads(path.read_text())
-        if not isinstance(stored, dict):
-            raise ValueError("not a JSON object")
     except FileNotFoundError:
-        stored = {}
+        return {}
     except ValueError as exc:
         raise ValueError(f"secrets file {path}: {exc}") from None
-    new = [name for name in missing if not isinstance(stored.get(name), str)]
-    if new:
-        stored.update({name: secrets.token_urlsafe(32) for name in new})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path.with_name(path.name + ".tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                     0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(stored, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(path.with_name(path.name + ".tmp"), path)
-        log.warning("fleet_keys_generated", extra={"fields": {
-            "keys": new, "file": str(path), "action": "back this file up with the database"}})
-    return settings.model_copy(update={name: SecretStr(stored[name]) for name in missing})
+    if not isinstance(stored, dict):
+        raise ValueError(f"secrets file {path}: not a JSON object")
+    return stored
