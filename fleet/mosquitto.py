@@ -47,6 +47,16 @@ class Broker:
         self.proc.send_signal(1)
 
 
+def stop_process(proc: subprocess.Popen[bytes], *, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within `timeout`."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout)
+
+
 @contextlib.contextmanager
 def run_mosquitto(directory: Path, *, config_lines: list[str] | None = None,
                   port: int | None = None) -> Iterator[Broker]:
@@ -69,9 +79,5 @@ def run_mosquitto(directory: Path, *, config_lines: list[str] | None = None,
         wait_for_port(port, proc)
         yield Broker(port=port, config=config, proc=proc)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
