@@ -572,6 +572,12 @@ class IngestWorker:
         """Store a parsed batch, then acknowledge its messages."""
         try:
             await self._store_and_ack(client, batch, parsed)
+        except aiomqtt.MqttError as exc:
+            # The broker went away after the commit: the worker reconnects, and what it had
+            # not acknowledged comes again (stored once, by key).
+            log.warning("ingest lost the broker after storing a batch of %d messages (%s); "
+                        "reconnecting", len(batch), exc)
+            raise
         except Exception:
             # Said at once: the worker's loop raises it only when the next batch comes.
             log.exception("ingest stopped: storing a batch of %d messages failed", len(batch))
