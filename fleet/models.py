@@ -15,6 +15,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def iso_utc(t: datetime) -> str:
+    """ISO 8601 with a "Z", as the platforms' APIs write UTC times."""
+    return t.isoformat().replace("+00:00", "Z")
+
+
 class UTCDateTime(sa.types.TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every backend (SQLite forgets the zone otherwise)."""
 

@@ -22,7 +22,7 @@ import httpx
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from ..models import Device, EnergyAggregate, PlatformLink, Reading, Site
+from ..models import Device, EnergyAggregate, PlatformLink, Reading, Site, iso_utc
 from ..settings import FleetSettings
 from .outbox import (
     ForwardResult,
@@ -89,7 +89,7 @@ class _SensorThings(OutboxForwarder[RecordT]):
         ordered = [row for stream_rows in by_stream.values() for row in stream_rows]
         body = [{"Datastream": {"@iot.id": stream},
                  "components": ["phenomenonTime", "resultTime", "result"],
-                 "dataArray": [[_iso(r.time), _iso(r.time), r.result] for r in stream_rows]}
+                 "dataArray": [[iso_utc(r.time), iso_utc(r.time), r.result] for r in stream_rows]}
                 for stream, stream_rows in by_stream.items()]
         try:
             response = self.http.post(f"{self.base}/CreateObservations", json=body)
@@ -248,10 +248,6 @@ class SensorThingsEnergyForwarder(_SensorThings[EnergyAggregate]):
             session, key, aggregate.quantity, aggregate.unit, thing=thing, sensor=sensor,
             name=f"building {site.name} {aggregate.quantity}",
             description=f"{info.label}: total of the building's flats")
-
-
-def _iso(time: datetime) -> str:
-    return time.isoformat().replace("+00:00", "Z")
 
 
 def _entries(response: httpx.Response) -> list[Any]:

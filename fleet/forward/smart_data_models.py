@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ..models import iso_utc
+
 CONTEXT = [
     "https://raw.githubusercontent.com/smart-data-models/dataModel.Environment/master/context.jsonld",
     "https://raw.githubusercontent.com/smart-data-models/dataModel.Energy/master/context.jsonld",
@@ -64,10 +66,6 @@ class Observation:
     flags: tuple[str, ...] = ()
 
 
-def _iso(t: datetime) -> str:
-    return t.isoformat().replace("+00:00", "Z")
-
-
 def _location(lat: float | None, lon: float | None) -> dict[str, Any] | None:
     if lat is None or lon is None:
         return None
@@ -89,13 +87,13 @@ def air_quality_observed(device: str, observations: Iterable[Observation], *,
         "id": f"urn:ngsi-ld:AirQualityObserved:{device}",
         "type": "AirQualityObserved",
         "dateObserved": {"type": "Property", "value": {
-            "@type": "DateTime", "@value": _iso(max(o.time for o in latest.values()))}},
+            "@type": "DateTime", "@value": iso_utc(max(o.time for o in latest.values()))}},
         "refDevice": {"type": "Relationship", "object": f"urn:ngsi-ld:Device:{device}"},
     }
     for quantity, o in latest.items():
         name, unit_code, factor = AIR_QUALITY[quantity]
         entity[name] = {"type": "Property", "value": round(o.value * factor, 6),
-                        "unitCode": unit_code, "observedAt": _iso(o.time)}
+                        "unitCode": unit_code, "observedAt": iso_utc(o.time)}
     location = _location(latitude, longitude)
     if location:
         entity["location"] = location
@@ -109,7 +107,7 @@ def parking_spot(device: str, occupied: bool, time: datetime, *,
         "id": f"urn:ngsi-ld:ParkingSpot:{device}",
         "type": "ParkingSpot",
         "status": {"type": "Property", "value": "occupied" if occupied else "free",
-                   "observedAt": _iso(time)},
+                   "observedAt": iso_utc(time)},
         "refDevice": {"type": "Relationship", "object": f"urn:ngsi-ld:Device:{device}"},
     }
     location = _location(latitude, longitude)
@@ -128,13 +126,13 @@ def three_phase_ac_measurement(site_id: int, name: str, totals: dict[str, float]
         "type": "ThreePhaseAcMeasurement",
         "name": {"type": "Property", "value": name},
         "dateObserved": {"type": "Property", "value": {"@type": "DateTime",
-                                                       "@value": _iso(observed_at)}},
+                                                       "@value": iso_utc(observed_at)}},
     }
     for quantity, total in totals.items():
         if quantity in ENERGY:
             attribute, unit_code, factor = ENERGY[quantity]
             entity[attribute] = {"type": "Property", "value": round(total * factor, 9),
-                                 "unitCode": unit_code, "observedAt": _iso(observed_at)}
+                                 "unitCode": unit_code, "observedAt": iso_utc(observed_at)}
     location = _location(latitude, longitude)
     if location:
         entity["location"] = location
